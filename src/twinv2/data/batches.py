@@ -1,0 +1,204 @@
+"""Typed batches sliced from CSR histories at batch time (never stored padded per sample).
+
+Sequences are **most recent first**: position 0 holds the latest behavior before the sample's time, padding
+sits at the end (``mask`` False, ``item_id`` 0, ``size`` 0). So "the most recent k" is ``[:, :k]`` for
+every row.
+
+The long sequence is either the L most recent raw behaviors (``long_source="raw"``, TWIN and the baselines)
+or, for TWIN-V2 (``long_source="compressed"``), the raw behaviors between the compression snapshot and the
+sample time as size-1 items followed by the user's virtual items (clusters built before the snapshot), most
+recent first, L in all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from twinv2.data.split import Samples
+from twinv2.data.store import Dataset
+from twinv2.errors import ConfigError, DataValidationError
+
+if TYPE_CHECKING:
+    from twinv2.compress.store import CompressedLifeCycles
+
+__all__ = ["Batch", "BatchBuilder", "SequenceBatch", "SequenceConfig", "sequence_feature_names"]
+
+
+def sequence_feature_names(manifest) -> list[str]:
+    """Per-behavior numeric channels of ``SequenceBatch.cross``: the manifest's cross numerics, then
+    ``label`` (the behavior's own engagement) and ``time_gap`` (seconds from the behavior to the request)."""
+    return [c.name for c in manifest.cross_numerics] + ["label", "time_gap"]
+
+
+@dataclass
+class SequenceBatch:
+    """One behavior sequence per sample.
+
+    Attributes:
+        item_id: int64 ``[B, L]`` item ids (virtual items carry their representative item); 0 = padding.
+        cross: float32 ``[B, L, J]`` raw numeric channels named by :func:`sequence_feature_names`.
+        size: float32 ``[B, L]`` cluster sizes n (1 for a raw behavior, 0 for padding).
+        mask: bool ``[B, L]`` True where a real behavior or cluster sits.
+    """
+
+    item_id: torch.Tensor
+    cross: torch.Tensor
+    size: torch.Tensor
+    mask: torch.Tensor
+
+    def to(self, device: torch.device | str) -> SequenceBatch:
+        return SequenceBatch(*(getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)))
+
+
+@dataclass
+class Batch:
+    """A batch of samples with their sequences.
+
+    Attributes:
+        user_id, ts, target_item: int64 ``[B]``; label: float32 ``[B]``.
+        history_length: int64 ``[B]`` raw behaviors before ``ts`` (for activity groups).
+        long: the long-term sequence ``[B, L]``; short: the last ``S`` raw behaviors ``[B, S]``.
+    """
+
+    user_id: torch.Tensor
+    ts: torch.Tensor
+    target_item: torch.Tensor
+    label: torch.Tensor
+    history_length: torch.Tensor
+    long: SequenceBatch
+    short: SequenceBatch
+
+    def __len__(self) -> int:
+        return int(self.user_id.shape[0])
+
+    def to(self, device: torch.device | str) -> Batch:
+        moved = {f.name: getattr(self, f.name).to(device) for f in fields(self)}
+        return Batch(**moved)
+
+
+@dataclass(frozen=True)
+class SequenceConfig:
+    """How sequences are cut. ``long_len`` is the GSU input length L shared by all two-stage models."""
+
+    long_len: int = 1000
+    short_len: int = 50
+    long_source: str = "raw"  # "raw" | "compressed"
+
+    def __post_init__(self) -> None:
+        if self.long_len < 1 or self.short_len < 1:
+            raise ConfigError(f"long_len and short_len must be >= 1, got {self.long_len}, {self.short_len}")
+        if self.long_source not in ("raw", "compressed"):
+            raise ConfigError(f"long_source must be 'raw' or 'compressed', got {self.long_source!r}")
+
+
+class BatchBuilder:
+    """Builds :class:`Batch` objects for samples by slicing the dataset's CSR histories.
+
+    Example:
+        >>> builder = BatchBuilder(dataset, SequenceConfig(long_len=1000))  # doctest: +SKIP
+        >>> for batch in builder.batches(samples, batch_size=256, shuffle=True, seed=0): ...  # doctest: +SKIP
+    """
+
+    def __init__(self, dataset: Dataset, config: SequenceConfig,
+                 compressed: CompressedLifeCycles | None = None):
+        if config.long_source == "compressed" and compressed is None:
+            raise ConfigError("long_source='compressed' needs a compressed life-cycle folder (--compressed)")
+        if compressed is not None and len(compressed.offsets) != dataset.histories.num_users + 1:
+            raise DataValidationError("user_offsets.npy", None,
+                                      f"compressed life cycles for {dataset.histories.num_users} users",
+                                      f"{len(compressed.offsets) - 1}")
+        self.dataset, self.config, self.compressed = dataset, config, compressed
+        self.feature_names = sequence_feature_names(dataset.manifest)
+        h = dataset.histories
+        # Raw per-event channels, stacked once: float32 [E, J-1] (time_gap is computed per request).
+        self._event_channels = np.stack([h.cross[c.name] for c in dataset.manifest.cross_numerics]
+                                        + [h.label.astype(np.float32)], axis=1)
+        if compressed is not None:
+            names = [c.name for c in dataset.manifest.cross_numerics] + ["label"]
+            missing = [n for n in names if n not in compressed.means]
+            if missing:
+                raise DataValidationError("compressed clusters", f"mean_{missing[0]}",
+                                          "a mean for every cross feature of the dataset")
+            self._cluster_channels = np.stack([compressed.means[n] for n in names], axis=1).astype(np.float32)
+
+    # -- slicing -------------------------------------------------------------------------------------
+    def _raw_rows(self, lo: np.ndarray, end: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows ``end-1, end-2, ...`` down to ``lo`` as ``[B, length]`` indices and a validity mask."""
+        rows = end[:, None] - 1 - np.arange(length, dtype=np.int64)[None, :]
+        valid = rows >= lo[:, None]
+        return np.where(valid, rows, 0), valid
+
+    def _sequence_from_rows(self, rows: np.ndarray, valid: np.ndarray, ts: np.ndarray) -> SequenceBatch:
+        h = self.dataset.histories
+        item = np.where(valid, h.item_id[rows], 0)
+        gap = np.where(valid, (ts[:, None] - h.ts[rows]).astype(np.float32), 0.0)
+        cross = np.concatenate([self._event_channels[rows], gap[..., None]], axis=2)
+        cross[~valid] = 0.0
+        return SequenceBatch(torch.from_numpy(item), torch.from_numpy(cross),
+                             torch.from_numpy(valid.astype(np.float32)), torch.from_numpy(valid))
+
+    def _compressed_sequence(self, users: np.ndarray, ts: np.ndarray, user_lo: np.ndarray,
+                             end: np.ndarray) -> SequenceBatch:
+        c = self.compressed
+        assert c is not None
+        L = self.config.long_len
+        h = self.dataset.histories
+        if (ts < c.snapshot_ts).any():
+            raise DataValidationError("samples", "ts", f"sample times at or after the compression snapshot "
+                                      f"{c.snapshot_ts} (clusters would leak later behaviors)",
+                                      f"earliest sample at {int(ts.min())}")
+        snapshot_end = h.end_before(users, np.full_like(ts, c.snapshot_ts))
+        raw_lo = np.maximum(user_lo, snapshot_end)
+        num_raw = np.minimum(end - raw_lo, L)                          # [B] raw behaviors in [S, t)
+        c_hi = c.offsets[users + 1]
+        num_clusters = np.minimum(c_hi - c.offsets[users], L - num_raw)  # [B] virtual items that fit
+        pos = np.arange(L, dtype=np.int64)[None, :]                    # [1, L]
+        is_raw = pos < num_raw[:, None]
+        is_cluster = (~is_raw) & (pos < (num_raw + num_clusters)[:, None])
+        raw_rows = np.where(is_raw, end[:, None] - 1 - pos, 0)
+        cluster_rows = np.where(is_cluster, c_hi[:, None] - 1 - (pos - num_raw[:, None]), 0)
+
+        item = np.where(is_raw, h.item_id[raw_rows], np.where(is_cluster, c.rep_item_id[cluster_rows], 0))
+        size = np.where(is_raw, 1.0, np.where(is_cluster, c.cluster_size[cluster_rows], 0.0)).astype(np.float32)
+        behavior_ts = np.where(is_raw, h.ts[raw_rows].astype(np.float64), c.mean_ts[cluster_rows])
+        gap = np.where(is_raw | is_cluster, ts[:, None] - behavior_ts, 0.0).astype(np.float32)
+        channels = np.where(is_raw[..., None], self._event_channels[raw_rows],
+                            self._cluster_channels[cluster_rows])
+        cross = np.concatenate([channels, gap[..., None]], axis=2).astype(np.float32)
+        mask = is_raw | is_cluster
+        cross[~mask] = 0.0
+        return SequenceBatch(torch.from_numpy(item), torch.from_numpy(cross), torch.from_numpy(size),
+                             torch.from_numpy(mask))
+
+    def build(self, samples: Samples, index: np.ndarray | None = None) -> Batch:
+        """The batch of ``samples[index]`` (all samples when ``index`` is None)."""
+        s = samples if index is None else samples.subset(index)
+        h = self.dataset.histories
+        users, ts = s.user_id.astype(np.int64), s.ts.astype(np.int64)
+        user_lo = h.offsets[users]
+        end = h.end_before(users, ts)  # strict: rows < end all have timestamp < ts
+        if self.config.long_source == "compressed":
+            long = self._compressed_sequence(users, ts, user_lo, end)
+        else:
+            long = self._sequence_from_rows(*self._raw_rows(user_lo, end, self.config.long_len), ts)
+        short = self._sequence_from_rows(*self._raw_rows(user_lo, end, self.config.short_len), ts)
+        return Batch(
+            user_id=torch.from_numpy(users), ts=torch.from_numpy(ts),
+            target_item=torch.from_numpy(s.item_id.astype(np.int64)),
+            label=torch.from_numpy(s.label.astype(np.float32)),
+            history_length=torch.from_numpy(end - user_lo), long=long, short=short,
+        )
+
+    def batches(self, samples: Samples, batch_size: int, *, shuffle: bool = False,
+                seed: int | np.random.Generator = 0) -> Iterator[Batch]:
+        """Yield batches of ``batch_size`` samples (the last may be smaller), shuffled if asked."""
+        order = np.arange(len(samples))
+        if shuffle:
+            np.random.default_rng(seed).shuffle(order)
+        for start in range(0, len(order), batch_size):
+            yield self.build(samples, order[start:start + batch_size])

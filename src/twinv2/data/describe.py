@@ -1,0 +1,102 @@
+"""``twinv2 data describe``: the shape of a dataset in numbers and one histogram."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from twinv2.data.store import load_dataset
+
+__all__ = ["describe_dataset", "plot_history_lengths", "render_description"]
+
+
+def plot_history_lengths(lengths: np.ndarray, path: str | os.PathLike, title: str = "") -> Path:
+    """Write a log-log histogram of per-user history lengths (int ``[U]``) to ``path`` (PNG, atomic)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from twinv2._io import atomic_file
+
+    lengths = lengths[lengths > 0]
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    if lengths.size:
+        bins = np.logspace(0, np.log10(max(lengths.max(), 2)) + 0.05, 40)
+        ax.hist(lengths, bins=bins, color="#3b6ea8", edgecolor="white", linewidth=0.4)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("events per user (log scale)")
+    ax.set_ylabel("users (log scale)")
+    ax.set_title(title or "History length distribution")
+    ax.grid(alpha=0.3, which="both", linewidth=0.4)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_file(path, "wb") as fh:
+        fig.savefig(fh, format="png")
+    plt.close(fig)
+    return path
+
+
+def describe_dataset(path: str | os.PathLike, plot_path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Summarise a dataset folder and write its history-length histogram.
+
+    Returns a JSON-ready dict with keys ``users``, ``items``, ``events``, ``label_rate``, ``time_min``,
+    ``time_max``, ``history_length`` (``p50``, ``p90``, ``p99``, ``max``, ``mean``), ``users_with_events``,
+    ``cross_features``, ``inherent_features`` and ``plot`` (the PNG path; default
+    ``DIR/history_lengths.png``).
+    """
+    ds = load_dataset(path)
+    h, m = ds.histories, ds.manifest
+    lengths = h.lengths()
+    p50, p90, p99 = (float(x) for x in np.percentile(lengths, [50, 90, 99])) if lengths.size else (0.0,) * 3
+    plot = plot_history_lengths(lengths, plot_path or Path(path) / "history_lengths.png", title=m.name)
+    return {
+        "name": m.name,
+        "source": m.source,
+        "users": int(m.num_users),
+        "users_with_events": int((lengths > 0).sum()),
+        "items": int(m.num_items),
+        "events": len(h.item_id),
+        "label_rate": float(h.label.mean()) if len(h.label) else float("nan"),
+        "time_min": int(m.time_min),
+        "time_max": int(m.time_max),
+        "history_length": {"p50": p50, "p90": p90, "p99": p99, "max": int(lengths.max(initial=0)),
+                           "mean": float(lengths.mean()) if lengths.size else 0.0},
+        "inherent_features": [c.name for c in m.item_categoricals + m.item_numerics],
+        "cross_features": [c.name for c in m.cross_numerics],
+        "plot": str(plot),
+    }
+
+
+def render_description(summary: dict[str, Any]):
+    """A rich table of :func:`describe_dataset`'s output for the terminal."""
+    from datetime import datetime, timezone
+
+    from rich.table import Table
+
+    def when(ts: int) -> str:
+        return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M")
+
+    hl = summary["history_length"]
+    table = Table(title=f"dataset {summary['name']} ({summary['source']})", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value", justify="right")
+    rows = [
+        ("users", f"{summary['users']:,} ({summary['users_with_events']:,} with events)"),
+        ("items", f"{summary['items']:,}"),
+        ("events", f"{summary['events']:,}"),
+        ("label rate", f"{summary['label_rate']:.4f}"),
+        ("time range", f"{when(summary['time_min'])} .. {when(summary['time_max'])} UTC"),
+        ("history p50 / p90 / p99", f"{hl['p50']:,.0f} / {hl['p90']:,.0f} / {hl['p99']:,.0f}"),
+        ("history max", f"{hl['max']:,}"),
+        ("inherent features", ", ".join(summary["inherent_features"])),
+        ("cross features", ", ".join(summary["cross_features"])),
+        ("histogram", summary["plot"]),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
+    return table
