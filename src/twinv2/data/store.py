@@ -214,8 +214,8 @@ class DatasetWriter:
 
     def write_items(self, table: pa.Table) -> None:
         """Write the item table once (validated: unique dense ids, declared columns and values)."""
-        table = table.select([c.name for c in self.item_columns])
         self._num_items = _check_items(table, self.item_columns, ITEMS_FILE)
+        table = table.select([c.name for c in self.item_columns])
         pq.write_table(table.sort_by("item_id"), self._tmp / ITEMS_FILE)
 
     def write_users(self, table: pa.Table) -> None:
@@ -229,8 +229,8 @@ class DatasetWriter:
         """Append a chunk of events; users must arrive in increasing id order, ts sorted within a user."""
         if self._num_items is None:
             raise RuntimeError("write_items must be called before write_events")
-        table = table.select([c.name for c in self.event_columns])
         validate_table(table, self.event_columns, EVENTS_FILE)
+        table = table.select([c.name for c in self.event_columns])
         n = table.num_rows
         if n == 0:
             return
