@@ -1,7 +1,6 @@
 """Data: the contract (schema + manifest), dataset folders with CSR histories, the temporal split, batches,
 the synthetic life-cycle generator and real-data importers."""
 
-from twinv2.data.batches import Batch, BatchBuilder, SequenceBatch, SequenceConfig, sequence_feature_names
 from twinv2.data.schema import ColumnSpec, Manifest, validate_table
 from twinv2.data.split import Samples, TemporalSplit, make_samples
 from twinv2.data.store import Dataset, DatasetWriter, Histories, load_dataset, write_dataset
@@ -24,3 +23,14 @@ __all__ = [
     "validate_table",
     "write_dataset",
 ]
+
+_LAZY = {"Batch", "BatchBuilder", "SequenceBatch", "SequenceConfig", "sequence_feature_names"}
+
+
+def __getattr__(name: str):
+    # Batches need torch; import them on first use so `twinv2 data ...` commands start fast.
+    if name in _LAZY:
+        from twinv2.data import batches
+
+        return getattr(batches, name)
+    raise AttributeError(f"module 'twinv2.data' has no attribute {name!r}")
