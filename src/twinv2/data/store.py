@@ -21,7 +21,7 @@ from twinv2._io import atomic_dir, save_npy_atomic
 from twinv2.data.schema import MANIFEST_NAME, ColumnSpec, Manifest, validate_table
 from twinv2.errors import DataValidationError
 
-__all__ = ["Dataset", "DatasetWriter", "Histories", "load_dataset", "write_dataset"]
+__all__ = ["Dataset", "DatasetWriter", "Histories", "check_out_dir", "load_dataset", "write_dataset"]
 
 ITEMS_FILE, EVENTS_FILE = "items.parquet", "events.parquet"
 USERS_FILE, OFFSETS_FILE = "users.parquet", "user_offsets.npy"
@@ -114,6 +114,25 @@ def _check_items(table: pa.Table, manifest_cols: list[ColumnSpec], file: str) ->
         raise DataValidationError(file, "item_id", f"dense ids 1..{len(ids)} (0 is padding)",
                                   f"range {ids.min()}..{ids.max()}")
     return len(ids)
+
+
+def check_out_dir(out: str | os.PathLike, overwrite: bool = True) -> Path:
+    """Refuse to replace an existing path unless ``overwrite``, and never replace a non-dataset folder.
+
+    Raises:
+        FileExistsError: ``out`` exists and ``overwrite`` is false, or it is a file or a non-empty folder
+            without ``manifest.json`` (replacing it would delete unrelated files).
+    """
+    out = Path(out)
+    if not out.exists():
+        return out
+    if not overwrite:
+        raise FileExistsError(f"{out} already exists (pass --overwrite / overwrite=True to replace it)")
+    if not out.is_dir():
+        raise FileExistsError(f"{out} is a file, not a dataset folder; refusing to replace it")
+    if any(out.iterdir()) and not (out / MANIFEST_NAME).exists():
+        raise FileExistsError(f"{out} is a non-empty folder without {MANIFEST_NAME}; refusing to replace it")
+    return out
 
 
 def load_dataset(path: str | os.PathLike, *, check_values: bool = True) -> Dataset:

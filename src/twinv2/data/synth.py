@@ -31,15 +31,14 @@ import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from twinv2._io import save_npy_atomic
-from twinv2.data.schema import MANIFEST_NAME, ColumnSpec, Manifest
-from twinv2.data.store import DatasetWriter
+from twinv2.data.schema import ColumnSpec, Manifest
+from twinv2.data.store import DatasetWriter, check_out_dir
 from twinv2.errors import ConfigError
 
 __all__ = [
@@ -826,16 +825,6 @@ def _user_batches(counts: np.ndarray, chunk_events: int) -> Iterator[tuple[int, 
         yield lo, len(counts)
 
 
-def _check_replaceable(out: Path) -> None:
-    """Refuse to replace a file or a non-empty folder that is not a dataset (it would delete other files)."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise FileExistsError(f"{out} is a file, not a dataset folder; refusing to replace it")
-    if any(out.iterdir()) and not (out / MANIFEST_NAME).exists():
-        raise FileExistsError(f"{out} is a non-empty folder without {MANIFEST_NAME}; refusing to replace it")
-
-
 def synthesize(out: str | os.PathLike, *, users: int | None = None, scale: str = "default",
                seed: int | np.random.Generator = 0, max_events: int | None = None, progress: bool = True,
                config: SynthConfig | None = None, chunk_events: int = 1 << 20) -> Manifest:
@@ -868,7 +857,7 @@ def synthesize(out: str | os.PathLike, *, users: int | None = None, scale: str =
         scale = "custom"
     if chunk_events < 1:
         raise ConfigError(f"synth: chunk_events={chunk_events} should be >= 1")
-    _check_replaceable(Path(out))
+    check_out_dir(out)
     seed_int = _seed_int(seed)
     items = build_items(cfg, seed_int)
     counts = activity_counts(cfg, seed_int)

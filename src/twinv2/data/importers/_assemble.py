@@ -28,11 +28,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from twinv2.data.importers._raw import BadRows, RawFile, stage
-from twinv2.data.schema import MANIFEST_NAME, ColumnSpec
-from twinv2.data.store import DatasetWriter
+from twinv2.data.schema import ColumnSpec
+from twinv2.data.store import DatasetWriter, check_out_dir
 from twinv2.errors import DataValidationError
 
 __all__ = ["EventBuffer", "ImportReport", "ItemMetadata", "check_out_dir", "write_import"]
+
 
 VOCAB_FILE = "vocabularies.json"
 RESERVED_NAMES = frozenset({"user_id", "item_id", "ts", "label", "play_time", "completion_ratio", "duration",
@@ -243,25 +244,6 @@ def _encode_categorical(values: pa.Array) -> tuple[np.ndarray, list[str]]:
     pos = pc.index_in(text, value_set=vocab)
     codes = pc.fill_null(pc.add(pc.cast(pos, pa.int64()), 1), 0).to_numpy(zero_copy_only=False)
     return codes.astype(np.int64), ["<unknown>", *vocab.to_pylist()]
-
-
-def check_out_dir(out: str | os.PathLike, overwrite: bool) -> Path:
-    """Refuse to replace an existing path unless ``overwrite``, and never replace a non-dataset folder.
-
-    Raises:
-        FileExistsError: ``out`` exists and ``overwrite`` is false, or it is a file or a non-empty folder
-            without ``manifest.json`` (replacing it would delete unrelated files).
-    """
-    out = Path(out)
-    if not out.exists():
-        return out
-    if not overwrite:
-        raise FileExistsError(f"{out} already exists (pass --overwrite / overwrite=True to replace it)")
-    if not out.is_dir():
-        raise FileExistsError(f"{out} is a file, not a dataset folder; refusing to replace it")
-    if any(out.iterdir()) and not (out / MANIFEST_NAME).exists():
-        raise FileExistsError(f"{out} is a non-empty folder without {MANIFEST_NAME}; refusing to replace it")
-    return out
 
 
 def _drain(chunks: list[Any], dtype: Any) -> np.ndarray:
