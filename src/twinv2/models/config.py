@@ -1,0 +1,91 @@
+"""The one typed configuration of a CTR model (long-term module, dimensions, budgets, hashing knobs)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from twinv2.errors import ConfigError
+
+__all__ = ["LONG_TERM_NAMES", "ModelConfig"]
+
+# Names of the long-term modules, in the order the docs and benchmarks list them.
+LONG_TERM_NAMES = ("twinv2", "twin", "sim_soft", "sim_hard", "eta", "sdim", "din", "avg_pool")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that defines a CTR model's architecture (the checkpoint stores it as a dict).
+
+    Budgets: every two-stage model reads the GSU input length L from the batch (``SequenceConfig.long_len``)
+    and keeps ``esu_size`` behaviors for its ESU.
+
+    Example:
+        >>> ModelConfig(long_term="twin", esu_size=50).num_heads
+        4
+    """
+
+    long_term: str = "twinv2"  # twinv2 | twin | sim_soft | sim_hard | eta | sdim | din | avg_pool
+    id_dim: int = 64  # item id embedding
+    feature_dim: int = 8  # other categoricals and bucketised numerics
+    num_heads: int = 4
+    head_dim: int = 16  # d_k = d_v per head; the ESU output is num_heads * head_dim wide
+    esu_size: int = 100  # k: items kept by the GSU for the ESU
+    short_len: int = 50
+    din_len: int = 100
+    use_log_size: bool = True  # twinv2 ablation: False drops the ln n term
+    mlp_dims: tuple[int, ...] = (200, 80)
+    # Numeric bucketisation (see embeddings.py): features named here are ratios in [0, 1] (uniform buckets);
+    # every other numeric gets signed log2 buckets. `label` is a ratio because virtual items carry its mean.
+    ratio_features: tuple[str, ...] = ("completion_ratio", "label")
+    ratio_buckets: int = 20
+    log_buckets_per_octave: int = 2  # half-octave resolution: durations 60 s and 85 s fall in different buckets
+    # SIM (hard): the inherent categorical matched against the target's; None picks `category_id` if the
+    # manifest has it, else the first inherent categorical.
+    sim_category: str | None = None
+    eta_hash_bits: int = 64  # ETA: SimHash signature length m
+    sdim_num_hashes: int = 48  # SDIM: number of hash functions
+    sdim_hash_bits: int = 3  # SDIM: tau, bits per hash function (2**tau buckets)
+    hash_seed: int = 0  # seeds the fixed random hyperplanes of ETA and SDIM
+
+    def __post_init__(self) -> None:
+        if self.long_term not in LONG_TERM_NAMES:
+            raise ConfigError(f"unknown long-term model {self.long_term!r}; valid names: "
+                              f"{', '.join(LONG_TERM_NAMES)}")
+        # Coerce sequences from YAML/JSON (lists) to tuples so the frozen config stays hashable.
+        object.__setattr__(self, "mlp_dims", tuple(self.mlp_dims))
+        object.__setattr__(self, "ratio_features", tuple(self.ratio_features))
+        positive = ("id_dim", "feature_dim", "num_heads", "head_dim", "esu_size", "short_len", "din_len",
+                    "ratio_buckets", "log_buckets_per_octave", "eta_hash_bits", "sdim_num_hashes",
+                    "sdim_hash_bits")
+        for name in positive:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"model config '{name}' must be a positive integer, got {value!r}")
+        if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in self.mlp_dims):
+            raise ConfigError(f"model config 'mlp_dims' must be positive integers, got {self.mlp_dims!r}")
+        if self.sdim_hash_bits > 16:
+            raise ConfigError(f"model config 'sdim_hash_bits' must be <= 16 (2**tau buckets), "
+                              f"got {self.sdim_hash_bits}")
+        if not isinstance(self.use_log_size, bool):
+            raise ConfigError(f"model config 'use_log_size' must be true or false, got {self.use_log_size!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/YAML-friendly dict (tuples become lists)."""
+        d = dataclasses.asdict(self)
+        d["mlp_dims"] = list(self.mlp_dims)
+        d["ratio_features"] = list(self.ratio_features)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "model config") -> ModelConfig:
+        """Strict construction: an unknown key is a :class:`ConfigError` naming ``source`` and the key."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown model key(s) {unknown}; valid keys: {sorted(known)}")
+        try:
+            return cls(**d)
+        except TypeError as exc:  # e.g. a non-iterable mlp_dims
+            raise ConfigError(f"{source}: {exc}") from exc

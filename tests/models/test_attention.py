@@ -1,0 +1,175 @@
+"""Attention primitives against their slow pure-Python references, and the invariants of the method."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.models.model_testing import random_sequence, tiny_config
+from twinv2.data.batches import SequenceBatch
+from twinv2.models.attention import (
+    MultiHeadTargetAttention,
+    TwinAttention,
+    cluster_aware_scores,
+    masked_softmax,
+    reference_esu,
+    reference_topk_merge,
+    reference_twin_scores,
+    topk_merge,
+)
+from twinv2.models.embeddings import FeatureEmbeddings
+
+
+@st.composite
+def scored_sequences(draw):
+    """Random ``alpha [B, L, H]`` (distinct values, so rankings are unambiguous), a mask, and k."""
+    B, L, H = draw(st.integers(1, 4)), draw(st.integers(1, 12)), draw(st.integers(1, 4))
+    seed = draw(st.integers(0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+    alpha = torch.from_numpy(rng.permutation(B * L * H).reshape(B, L, H).astype(np.float32))
+    # Padding anywhere (not only at the end): the merge must rely on the mask alone.
+    mask = torch.from_numpy(rng.uniform(size=(B, L)) < draw(st.floats(0.0, 1.0)))
+    # Some heads agree exactly (worst case for the merge: one new item per round).
+    if draw(st.booleans()):
+        alpha[..., :] = alpha[..., :1]
+    return alpha, mask, draw(st.integers(1, 15))
+
+
+@settings(max_examples=150, deadline=None)
+@given(scored_sequences())
+def test_topk_merge_equals_reference(case):
+    alpha, mask, k = case
+    index, valid = topk_merge(alpha, mask, k)
+    ref_index, ref_valid = reference_topk_merge(alpha.tolist(), mask.tolist(), k)
+    assert valid.tolist() == ref_valid
+    # Padding positions tie at -inf, so their order is arbitrary; the real ones must match exactly.
+    for row, ref_row, row_valid in zip(index.tolist(), ref_index, ref_valid, strict=True):
+        assert [p for p, v in zip(row, row_valid, strict=True) if v] == [
+            p for p, v in zip(ref_row, row_valid, strict=True) if v]
+
+
+@settings(max_examples=150, deadline=None)
+@given(scored_sequences())
+def test_topk_merge_never_puts_padding_ahead_of_real(case):
+    alpha, mask, k = case
+    B, L, _ = alpha.shape
+    index, valid = topk_merge(alpha, mask, k)
+    assert index.shape == valid.shape == (B, min(k, L))
+    for b in range(B):
+        row = index[b].tolist()
+        assert len(set(row)) == len(row)  # unique behaviors
+        real = int(mask[b].sum())
+        assert valid[b].tolist() == [True] * min(real, len(row)) + [False] * (len(row) - min(real, len(row)))
+        assert torch.equal(valid[b], mask[b, index[b]])
+
+
+def test_topk_merge_round_robin_order():
+    # Head 0 ranks 0 > 1 > 2 > 3, head 1 ranks 3 > 0 > 2 > 1: walk 0, 3, (1), (0 dup), 1 ... -> [0, 3, 1].
+    alpha = torch.tensor([[[4.0, 3.0], [3.0, 1.0], [2.0, 2.0], [1.0, 4.0]]])
+    index, valid = topk_merge(alpha, torch.ones(1, 4, dtype=torch.bool), 3)
+    assert index.tolist() == [[0, 3, 1]] and valid.all()
+
+
+def test_masked_softmax_all_padding_gives_zeros_and_rows_sum_to_one():
+    scores = torch.randn(3, 5, 2)
+    mask = torch.tensor([[True] * 5, [True, False, True, False, False], [False] * 5])
+    p = masked_softmax(scores, mask)
+    assert torch.isfinite(p).all()
+    torch.testing.assert_close(p[:2].sum(dim=1), torch.ones(2, 2))
+    assert (p[1, ~mask[1]] == 0).all() and (p[2] == 0).all()
+
+
+def test_cluster_aware_softmax_equals_expanded_members():
+    """softmax(alpha + ln n) over clusters == softmax over the members, each with its cluster's score and
+    values; so the ESU output over virtual items equals the ESU over the expanded raw behaviors."""
+    torch.manual_seed(0)
+    B, C, H, D = 2, 5, 3, 6
+    alpha = torch.randn(B, C, H)
+    values = torch.randn(B, C, D)
+    sizes = torch.tensor([[1.0, 4, 2, 7, 3], [2.0, 1, 1, 5, 0]])
+    mask = sizes > 0
+    clustered = masked_softmax(cluster_aware_scores(alpha, sizes, mask, True), mask)
+    attention = MultiHeadTargetAttention(D, H, 4)
+    out_clusters = attention(cluster_aware_scores(alpha, sizes, mask, True), values, mask)
+    for b in range(B):
+        members = torch.repeat_interleave(torch.arange(C), sizes[b].long())  # member -> its cluster
+        expanded = masked_softmax(alpha[b, members][None], torch.ones(1, len(members), dtype=torch.bool))[0]
+        per_cluster = torch.zeros(C, H).index_add_(0, members, expanded)
+        torch.testing.assert_close(clustered[b], per_cluster)
+        ones = torch.ones(1, len(members), dtype=torch.bool)
+        out_members = attention(alpha[b, members][None], values[b, members][None], ones)
+        torch.testing.assert_close(out_clusters[b], out_members[0])
+
+
+def _twin_setup(model_dataset, k, L=12, max_size=1, seed=0):
+    config = tiny_config(esu_size=k)
+    torch.manual_seed(seed)
+    features = FeatureEmbeddings(config, model_dataset.manifest, model_dataset.items)
+    twin = TwinAttention(features, config.num_heads, config.head_dim)
+    rng = np.random.default_rng(seed)
+    seq = random_sequence(model_dataset, 4, L, rng, lengths=[L, 7, 2, 0], max_size=max_size)
+    query = features.inherent(torch.from_numpy(rng.integers(1, model_dataset.manifest.num_items + 1, 4)))
+    return features, twin, seq, query
+
+
+def _reference_twin(features, twin, seq: SequenceBatch, query, k, use_log_size):
+    """GSU and ESU for each sample by the slow references (plain Python lists and loops)."""
+    s = twin.score
+    weights = dict(key_weight=s.key_weight.tolist(), query_weight=s.query_weight.tolist(),
+                   cross_weight=s.cross_weight.tolist(), cross_beta=s.cross_beta.tolist())
+    rows = features.cross_rows(seq.cross)
+    outputs = []
+    for b in range(seq.item_id.shape[0]):
+        keys = features.inherent(seq.item_id[b]).tolist()
+        cross = features.cross_embedding(rows[b]).tolist()  # [L][J][F]
+        alpha = reference_twin_scores(keys, cross, query[b].tolist(), **weights)
+        sizes, mask = seq.size[b].tolist(), seq.mask[b].tolist()
+        ranked = [[a + (math.log(max(sizes[i], 1.0)) if use_log_size else 0.0) for a in alpha[i]]
+                  for i in range(len(alpha))]
+        (chosen,), _ = reference_topk_merge([ranked], [mask], k)
+        values = [keys[i] + [x for channel in cross[i] for x in channel] for i in chosen]
+        outputs.append(reference_esu([alpha[i] for i in chosen], values, [mask[i] for i in chosen],
+                                     [sizes[i] for i in chosen], use_log_size,
+                                     twin.attention.value_weight.tolist(), twin.attention.out.weight.tolist()))
+    return torch.tensor(outputs)
+
+
+@pytest.mark.parametrize(("k", "use_log_size", "max_size"), [(4, False, 1), (4, True, 9), (20, True, 9)])
+def test_twin_attention_equals_slow_reference(model_dataset, k, use_log_size, max_size):
+    features, twin, seq, query = _twin_setup(model_dataset, k, max_size=max_size)
+    with torch.no_grad():
+        fast = twin(features, query, seq, k, use_log_size)
+        slow = _reference_twin(features, twin, seq, query, k, use_log_size)
+    torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)
+    assert (fast[3] == 0).all()  # the all-padding row
+
+
+def test_twin_gsu_and_esu_share_parameters(model_dataset):
+    """Consistency: the ESU's scores of the chosen behaviors are the GSU's scores at those positions."""
+    features, twin, seq, query = _twin_setup(model_dataset, k=4)
+    kernel = twin.score.query_kernel(query)
+    table = features.cross_projection_table(twin.score.cross_weights())
+    rows = features.cross_rows(seq.cross)
+    full = twin.scores(features, kernel, table, seq.item_id, rows)  # [B, L, H]
+    index, _ = topk_merge(cluster_aware_scores(full, seq.size, seq.mask, False), seq.mask, 4)
+    picked_rows = rows.gather(1, index[..., None].expand(-1, -1, rows.shape[-1]))
+    again = twin.scores(features, kernel, table, seq.item_id.gather(1, index), picked_rows)
+    torch.testing.assert_close(again, full.gather(1, index[..., None].expand(-1, -1, full.shape[-1])))
+
+
+def test_twin_attention_has_no_gradient_through_the_choice(model_dataset):
+    """Only the k chosen behaviors' embeddings get gradient (hard top-k); the GSU keeps no graph."""
+    features, twin, seq, query = _twin_setup(model_dataset, k=4)
+    twin(features, query.detach(), seq, 4, False).sum().backward()
+    grad = features.id_embedding.weight.grad
+    touched = set(torch.nonzero(grad.abs().sum(1)).flatten().tolist())
+    kernel = twin.score.query_kernel(query)
+    table = features.cross_projection_table(twin.score.cross_weights())
+    alpha = twin.scores(features, kernel, table, seq.item_id, features.cross_rows(seq.cross))
+    index, valid = topk_merge(alpha, seq.mask, 4)
+    assert touched == set(seq.item_id.gather(1, index)[valid].tolist())
