@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from twinv2.errors import Twinv2Error
+from twinv2.errors import ConfigError, Twinv2Error
 
 app = typer.Typer(help="Life-cycle user behavior modeling for CTR prediction (TWIN-V2).", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -199,6 +200,136 @@ def data_import_csv(
                             progress=True))
 
 
+# ---- compress --------------------------------------------------------------------------------------
+
+compress_app = typer.Typer(help="Compress life cycles into virtual items (TWIN-V2 offline clustering). "
+                                "`twinv2 compress --dataset ...` is `twinv2 compress run --dataset ...`.")
+app.add_typer(compress_app, name="compress")
+
+
+def compress_run(
+    ctx: typer.Context,
+    dataset: Path | None = typer.Option(None, "--dataset", help="Dataset folder."),
+    out: Path | None = typer.Option(None, "--out", help="Output folder (an unfinished run there is resumed)."),
+    snapshot_ts: int | None = typer.Option(None, "--snapshot-ts", help="Use behaviors strictly before this "
+                                           "time (int seconds)."),
+    embeddings: str = typer.Option("cooccurrence", "--embeddings", help="'cooccurrence' (learned from the "
+                                   "events before the snapshot), a .npy/.parquet file, or a checkpoint "
+                                   "(.pt/.pth/.ckpt)."),
+    embedding_ids: Path | None = typer.Option(None, "--embedding-ids", help="Ids of a .npy matrix (default "
+                                              "<name>.ids.npy beside it)."),
+    embedding_dim: int = typer.Option(32, "--embedding-dim", help="Dimensions of the co-occurrence default."),
+    missing_embedding: str = typer.Option("error", "--missing-embedding", help="error | random: event items "
+                                          "absent from the embedding source."),
+    gamma: int = typer.Option(20, "--gamma", help="Largest cluster size."),
+    groups: int = typer.Option(5, "--groups", help="Play-completion groups M."),
+    group_bins: str = typer.Option("uniform", "--group-bins", help="uniform | quantile."),
+    method: str = typer.Option("hierarchical", "--method", help="hierarchical | flat | random."),
+    flat_k: int | None = typer.Option(None, "--flat-k", help="Clusters per group for --method flat "
+                                      "(default ceil(n / gamma))."),
+    split_exponent: float = typer.Option(0.3, "--split-exponent", help="A set of n > gamma splits into "
+                                         "max(2, floor(n ** e)) clusters."),
+    backend: str = typer.Option("local", "--backend", help="local | spark."),
+    workers: int = typer.Option(max(1, os.cpu_count() or 1), "--workers", help="Worker processes (local) or "
+                                "local Spark cores."),
+    spark_master: str | None = typer.Option(None, "--spark-master", help="Spark master URL (default "
+                                            "local[N] with N = --workers, or spark-submit's)."),
+    seed: int = typer.Option(0, "--seed", help="Base seed; user u clusters with the stream (seed, u)."),
+    users_per_part: int = typer.Option(256, "--users-per-part", help="Users per part file (the unit of "
+                                       "resumption)."),
+    incremental: bool = typer.Option(False, "--incremental", help="Fold the behaviors in [base snapshot, "
+                                     "--snapshot-ts) into the clusters of --base; write --out."),
+    base: Path | None = typer.Option(None, "--base", help="The compressed folder --incremental starts from."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Discard a previous run in --out."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+) -> None:
+    """Cluster every user's behaviors before --snapshot-ts into virtual items (resumable, parallel)."""
+    if ctx.invoked_subcommand is not None:  # the group callback before `compress stats` etc.
+        return
+    if dataset is None and out is None and snapshot_ts is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit(0)
+    missing = [name for name, v in (("--dataset", dataset), ("--out", out), ("--snapshot-ts", snapshot_ts))
+               if v is None]
+    if missing:
+        raise ConfigError(f"twinv2 compress needs {', '.join(missing)}")
+    from twinv2.compress import ClusterConfig, EmbeddingSource, compress_dataset, compress_incremental
+
+    if incremental:
+        if base is None:
+            raise ConfigError("--incremental needs --base DIR (the compressed folder to update)")
+        if backend != "local":
+            raise ConfigError("--incremental runs on the local backend only")
+        summary = compress_incremental(base, dataset, out, snapshot_ts, workers=workers, overwrite=overwrite,
+                                       progress=not quiet)
+    else:
+        if base is not None:
+            raise ConfigError("--base is only used with --incremental")
+        config = ClusterConfig(gamma=gamma, num_groups=groups, group_bins=group_bins, method=method,
+                               flat_k=flat_k, split_exponent=split_exponent)
+        source = EmbeddingSource.parse(embeddings, ids_path=embedding_ids, dim=embedding_dim,
+                                       missing=missing_embedding)
+        summary = compress_dataset(dataset, out, snapshot_ts, embeddings=source, config=config, backend=backend,
+                                   workers=workers, seed=seed, users_per_part=users_per_part,
+                                   overwrite=overwrite, progress=not quiet, spark_master=spark_master)
+    if as_json:
+        print_json(summary.to_dict())
+        return
+    s = summary
+    if s.already_complete:
+        console.print(f"{s.out} is already complete: {s.num_behaviors:,} behaviors, {s.num_clusters:,} virtual "
+                      f"items (ratio {s.compression_ratio:.4f}); nothing to do", highlight=False, soft_wrap=True)
+        return
+    reused = f", {s.parts_skipped} finished parts reused" if s.parts_skipped else ""
+    console.print(f"compressed {s.num_users:,} users: {s.behaviors_in:,} behaviors in, {s.num_clusters:,} virtual "
+                  f"items out (ratio {s.compression_ratio:.4f}) in {s.seconds:.1f} s{reused} -> {s.out}",
+                  highlight=False, soft_wrap=True)
+
+
+compress_app.callback(invoke_without_command=True)(friendly_errors(compress_run))
+compress_app.command("run")(friendly_errors(compress_run))
+
+
+@compress_app.command("stats")
+@friendly_errors
+def compress_stats(
+    folder: Path = typer.Argument(..., help="A folder written by `twinv2 compress`."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+    plot: Path | None = typer.Option(None, help="Where to write the cluster-size histogram PNG "
+                                                "(default: FOLDER/cluster_sizes.png)."),
+) -> None:
+    """Compression ratio, cluster sizes, clusters per completion group and intra-cluster distance."""
+    from twinv2.compress.stats import compression_stats, render_stats
+
+    summary = compression_stats(folder, plot_path=plot)
+    if as_json:
+        print_json(summary)
+    else:
+        Console().print(render_stats(summary))
+
+
+@compress_app.command("embeddings")
+@friendly_errors
+def compress_embeddings(
+    dataset: Path = typer.Option(..., "--dataset", help="Dataset folder."),
+    out: Path = typer.Option(..., "--out", help="File to write: .parquet (item_id, raw_item_id, embedding) or "
+                             ".npy (+ .ids.npy)."),
+    before_ts: int | None = typer.Option(None, "--before-ts", help="Learn only from behaviors before this time "
+                                         "(use the compression snapshot; default: all events)."),
+    dim: int = typer.Option(32, "--dim", help="Embedding dimensions."),
+    window: int = typer.Option(5, "--window", help="Items at most this many behaviors apart co-occur."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the randomized SVD and the fallback vectors."),
+) -> None:
+    """Write the training-free co-occurrence embeddings (the compression default) to a file."""
+    from twinv2.compress.embeddings import export_cooccurrence_embeddings
+
+    info = export_cooccurrence_embeddings(dataset, out, dim=dim, window=window, before_ts=before_ts, seed=seed)
+    console.print(f"wrote {info['items']:,} item embeddings ({info['items_learned']:,} learned from "
+                  f"co-occurrence, the rest hashed fallbacks), dim {dim} -> {info['path']}", highlight=False,
+                  soft_wrap=True)
+
+
 # ---- training and evaluation ------------------------------------------------------------------------
 
 
@@ -291,7 +422,8 @@ def demo_cmd(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Run folder (dataset, compressed, models, report)."),
     models: str = typer.Option("twinv2,twin", "--models", help="Comma-separated models to train."),
     all_models: bool = typer.Option(False, "--all-models", help="Train every model (slower)."),
-    scale: str = typer.Option("default", "--scale", help="Synthetic scale: small, default or large."),
+    scale: str | None = typer.Option(None, "--scale", help="Synthetic scale: small, default or large (default: "
+                                     "default; small with --quick)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data, compression and training."),
     quick: bool = typer.Option(False, "--quick", help="Small data and budgets (about a minute)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),

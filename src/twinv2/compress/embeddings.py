@@ -1,0 +1,643 @@
+"""Item embedding sources for the compression job: a file, a trained checkpoint, or the events themselves.
+
+TWIN-V2 clusters a user's behaviors by the embeddings of their items, learned by a recommendation model.
+Three sources give the job an item table (float32 ``[num_items + 1, d]``, row ``i`` = dense item ``i``,
+row 0 = padding):
+
+- ``file``: ``.npy`` matrix ``[n, d]`` plus an ids file (``<name>.ids.npy`` beside it by default), or
+  Parquet with a key column and the vector. Keys are the dataset's dense ``item_id`` (int) or, for
+  embeddings made outside twinv2, the source's ``raw_item_id`` (strings; rows for raw ids the dataset does
+  not know are skipped and counted).
+- ``checkpoint``: a ``torch.save`` dict whose top-level key ``item_embeddings`` is a float tensor
+  ``[num_items + 1, d]`` (row 0 = padding), read with ``weights_only=True``. If the dict also has a
+  ``manifest_fingerprint`` it must match the dataset's.
+- ``cooccurrence`` (default, training-free): positive PMI of item co-occurrence within a sliding window over
+  each user's history before the snapshot, factorised by a randomized truncated SVD; items that never
+  co-occur get a deterministic hashed Gaussian vector.
+
+Every item that occurs in the events must have a finite embedding (with ``missing="random"`` the absent
+ones get the same hashed Gaussian vectors instead of an error).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numba
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from twinv2.data.store import Dataset, Histories
+from twinv2.errors import CheckpointError, ConfigError, EmbeddingError
+
+__all__ = [
+    "CHECKPOINT_KEY",
+    "EmbeddingSource",
+    "ItemEmbeddingTable",
+    "cooccurrence_embeddings",
+    "export_cooccurrence_embeddings",
+    "hashed_gaussian",
+    "item_embedding_table",
+    "load_checkpoint_item_embeddings",
+    "load_embedding_file",
+    "write_embedding_file",
+]
+
+EMBEDDING_KINDS = ("cooccurrence", "file", "checkpoint")
+MISSING_POLICIES = ("error", "random")
+CHECKPOINT_KEY = "item_embeddings"
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+FILE_SUFFIXES = (".npy", ".parquet")
+_MAX_EXAMPLES = 5
+
+
+@dataclass(frozen=True)
+class EmbeddingSource:
+    """Where the job gets item embeddings.
+
+    Attributes:
+        kind: ``cooccurrence`` | ``file`` | ``checkpoint``.
+        path: the file (``file``, ``checkpoint``).
+        ids_path: ids of a ``.npy`` matrix (default ``<name>.ids.npy`` beside it).
+        dim, window: dimensions and half window of the ``cooccurrence`` default.
+        missing: ``error`` (default) or ``random``: what to do about event items without an embedding.
+    """
+
+    kind: str = "cooccurrence"
+    path: str | None = None
+    ids_path: str | None = None
+    dim: int = 32
+    window: int = 5
+    missing: str = "error"
+
+    def __post_init__(self) -> None:
+        if self.kind not in EMBEDDING_KINDS:
+            raise ConfigError(f"embedding source kind must be one of {EMBEDDING_KINDS}, got {self.kind!r}")
+        if self.missing not in MISSING_POLICIES:
+            raise ConfigError(f"--missing-embedding must be one of {MISSING_POLICIES}, got {self.missing!r}")
+        if self.kind != "cooccurrence" and not self.path:
+            raise ConfigError(f"embedding source {self.kind!r} needs a path")
+        if self.dim < 1 or self.window < 1:
+            raise ConfigError(f"embedding dim and window must be >= 1, got dim={self.dim}, window={self.window}")
+
+    @classmethod
+    def parse(cls, spec: str | os.PathLike | None, *, ids_path: str | os.PathLike | None = None, dim: int = 32,
+              window: int = 5, missing: str = "error") -> EmbeddingSource:
+        """Source from a CLI string: ``cooccurrence`` (or None), a ``.npy``/``.parquet`` file, or a checkpoint
+        (``.pt``, ``.pth``, ``.ckpt``)."""
+        if spec is None or str(spec) == "cooccurrence":
+            return cls("cooccurrence", dim=dim, window=window, missing=missing)
+        path = str(spec)
+        suffix = Path(path).suffix.lower()
+        if suffix in CHECKPOINT_SUFFIXES:
+            return cls("checkpoint", path=path, missing=missing)
+        if suffix in FILE_SUFFIXES:
+            return cls("file", path=path, ids_path=str(ids_path) if ids_path else None, missing=missing)
+        raise ConfigError(f"--embeddings {path!r}: expected 'cooccurrence', a .npy or .parquet file, or a "
+                          f"checkpoint ({', '.join(CHECKPOINT_SUFFIXES)})")
+
+    def describe(self) -> dict[str, Any]:
+        """JSON description stored in the compressed manifest (paths made absolute)."""
+        d: dict[str, Any] = {"kind": self.kind, "missing": self.missing}
+        if self.kind == "cooccurrence":
+            d.update(dim=self.dim, window=self.window)
+        else:
+            d["path"] = str(Path(self.path).resolve())  # type: ignore[arg-type]
+            if self.kind == "file" and Path(self.path).suffix.lower() == ".npy":  # type: ignore[arg-type]
+                d["ids_path"] = str(_ids_path_for(self).resolve())
+        return d
+
+
+@dataclass
+class ItemEmbeddingTable:
+    """A validated item table: ``table`` float32 ``[num_items + 1, d]`` (row 0 zeros) and its provenance."""
+
+    table: np.ndarray
+    source: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dim(self) -> int:
+        return int(self.table.shape[1])
+
+    def sha256(self) -> str:
+        """Hash of the table's bytes: a resumed run checks it is clustering the same embeddings."""
+        return hashlib.sha256(np.ascontiguousarray(self.table).tobytes()).hexdigest()
+
+
+# ---- readers --------------------------------------------------------------------------------------------
+
+
+def _ids_path_for(source: EmbeddingSource) -> Path:
+    if source.ids_path:
+        return Path(source.ids_path)
+    return Path(source.path).with_suffix(".ids.npy")  # type: ignore[arg-type]
+
+
+def _as_matrix(values: Any, file: str) -> np.ndarray:
+    matrix = np.asarray(values)
+    if matrix.ndim != 2 or matrix.shape[1] < 1 or matrix.dtype.kind not in "fiu":
+        raise EmbeddingError(f"{file}: expected a numeric matrix [items, dim], found dtype {matrix.dtype} "
+                             f"and shape {matrix.shape}")
+    return matrix.astype(np.float32, copy=False)
+
+
+def load_embedding_file(path: str | os.PathLike, ids_path: str | os.PathLike | None = None
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Read an embedding file keyed by item id.
+
+    Args:
+        path: ``.npy`` float matrix ``[n, d]`` or ``.parquet``. Parquet: key column ``item_id`` (int, dense
+            dataset ids) or ``raw_item_id`` (string); vector in a list column ``embedding``, else every other
+            numeric column in file order (``e0``, ``e1``, ...).
+        ids_path: for ``.npy``: a 1-D ``.npy`` of ``n`` ids, ints (dense) or strings (raw); default
+            ``<name>.ids.npy`` beside ``path``.
+    Returns:
+        ``(ids, matrix)``: ids ``[n]`` (int64 dense or str raw ids) and float32 ``[n, d]``.
+    Raises:
+        EmbeddingError: unreadable file, ragged vectors, or ids and rows of different lengths.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise EmbeddingError(f"{path}: no such embedding file")
+    if path.suffix.lower() == ".npy":
+        ids_file = Path(ids_path) if ids_path else path.with_suffix(".ids.npy")
+        if not ids_file.exists():
+            raise EmbeddingError(f"{ids_file}: no such ids file for the embedding matrix {path} "
+                                 "(pass --embedding-ids, or save the ids as <name>.ids.npy beside it)")
+        try:
+            matrix = _as_matrix(np.load(path, allow_pickle=False), str(path))
+            ids = np.load(ids_file, allow_pickle=False)
+        except ValueError as exc:
+            raise EmbeddingError(f"{path}: unreadable .npy file ({exc})") from exc
+        if ids.ndim != 1 or ids.dtype.kind not in "iuU":
+            raise EmbeddingError(f"{ids_file}: expected a 1-D array of int or string ids, found dtype "
+                                 f"{ids.dtype} and shape {ids.shape}")
+        if len(ids) != len(matrix):
+            raise EmbeddingError(f"{ids_file}: dimension mismatch: {len(ids)} ids for {len(matrix)} "
+                                 f"embedding rows in {path}")
+        return (ids.astype(np.int64) if ids.dtype.kind in "iu" else ids.astype(str)), matrix
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise EmbeddingError(f"{path}: unreadable Parquet file ({str(exc).splitlines()[0]})") from exc
+    if "item_id" in table.column_names:
+        key = "item_id"
+        ids = table.column(key).to_numpy(zero_copy_only=False)
+        if ids.dtype.kind not in "iu":
+            raise EmbeddingError(f"{path}: column 'item_id': expected integer dense ids, found {ids.dtype}")
+        ids = ids.astype(np.int64)
+    elif "raw_item_id" in table.column_names:
+        key = "raw_item_id"
+        ids = np.asarray(table.column(key).to_pylist(), dtype=str)
+    else:
+        raise EmbeddingError(f"{path}: expected a key column 'item_id' (dense ids) or 'raw_item_id'")
+    if "embedding" in table.column_names:
+        col = table.column("embedding")
+        if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)
+                or pa.types.is_fixed_size_list(col.type)):
+            raise EmbeddingError(f"{path}: column 'embedding': expected a list of floats, found {col.type}")
+        if col.null_count:
+            raise EmbeddingError(f"{path}: column 'embedding': {col.null_count} rows have no vector")
+        col = col.combine_chunks()
+        lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+        if len(np.unique(lengths)) > 1:
+            raise EmbeddingError(f"{path}: column 'embedding': dimension mismatch: vectors of lengths "
+                                 f"{_examples(np.unique(lengths))}")
+        dim = int(lengths[0]) if len(lengths) else 1
+        flat = pc.list_flatten(col).to_numpy(zero_copy_only=False)
+        matrix = _as_matrix(flat.reshape(len(lengths), dim), str(path))
+    else:
+        names = [n for n in table.column_names
+                 if n not in ("item_id", "raw_item_id") and (pa.types.is_floating(table.schema.field(n).type)
+                                                            or pa.types.is_integer(table.schema.field(n).type))]
+        if not names:
+            raise EmbeddingError(f"{path}: expected a list column 'embedding' or numeric vector columns")
+        if any(table.column(n).null_count for n in names):
+            raise EmbeddingError(f"{path}: vector columns {names[:_MAX_EXAMPLES]} hold nulls")
+        matrix = _as_matrix(np.stack([table.column(n).to_numpy() for n in names], axis=1), str(path))
+    return ids, matrix
+
+
+def _read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a torch checkpoint loadable with weights_only=True "
+                              f"({str(exc).splitlines()[0]})") from exc
+    if not isinstance(obj, dict) or CHECKPOINT_KEY not in obj:
+        raise CheckpointError(f"{path}: expected a dict with a top-level {CHECKPOINT_KEY!r} tensor "
+                              "[num_items + 1, d]")
+    return obj
+
+
+def load_checkpoint_item_embeddings(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """The item-id embedding table of a trained checkpoint.
+
+    The checkpoint is a ``torch.save`` dict with a top-level key ``item_embeddings``: a float tensor
+    ``[num_items + 1, d]``, row ``i`` = dense item ``i``, row 0 = padding (dropped here).
+
+    Returns:
+        ``(item_ids, matrix)``: int64 ``[num_items]`` = ``1..num_items`` and float32 ``[num_items, d]``.
+    Raises:
+        CheckpointError: missing file, unsafe or unreadable pickle, missing key.
+        EmbeddingError: the table is not a 2-D float tensor.
+    """
+    import torch
+
+    table = _read_checkpoint(path)[CHECKPOINT_KEY]
+    if not isinstance(table, torch.Tensor) or table.ndim != 2 or not table.is_floating_point() or len(table) < 2:
+        found = f"{tuple(table.shape)} {table.dtype}" if isinstance(table, torch.Tensor) else type(table).__name__
+        raise EmbeddingError(f"{path}: {CHECKPOINT_KEY!r}: expected a float tensor [num_items + 1, d], "
+                             f"found {found}")
+    matrix = table.detach().to(torch.float32).numpy()[1:]
+    return np.arange(1, len(matrix) + 1, dtype=np.int64), np.ascontiguousarray(matrix)
+
+
+# ---- training-free default: PPMI of co-occurrence + randomized SVD ------------------------------------
+
+
+@numba.njit(cache=True)
+def _csr_matmul(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, dense: np.ndarray) -> np.ndarray:
+    """float64 ``[n, k]`` = CSR ``[n, n]`` @ dense ``[n, k]`` (no input validation)."""
+    n, k = len(indptr) - 1, dense.shape[1]
+    out = np.zeros((n, k), np.float64)
+    for i in range(n):
+        for p in range(indptr[i], indptr[i + 1]):
+            j, v = indices[p], data[p]
+            for c in range(k):
+                out[i, c] += v * dense[j, c]
+    return out
+
+
+def _cooccurrence_counts(items: np.ndarray, users: np.ndarray, num_items: int, window: int
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Weighted co-occurrence of distinct items at most ``window`` behaviors apart (weight 1/lag).
+
+    Returns the upper triangle as COO ``(lo, hi, weight)`` with ``lo < hi``, each pair once.
+    """
+    base = np.int64(num_items + 1)
+    keys, weights = [], []
+    for lag in range(1, window + 1):
+        if lag >= len(items):
+            break
+        a, b = items[:-lag], items[lag:]
+        keep = (users[:-lag] == users[lag:]) & (a != b)
+        key = np.minimum(a, b)[keep] * base + np.maximum(a, b)[keep]
+        uniq, counts = np.unique(key, return_counts=True)  # aggregate per lag to bound memory
+        keys.append(uniq)
+        weights.append(counts / lag)
+    if not keys:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    uniq, inverse = np.unique(np.concatenate(keys), return_inverse=True)
+    w = np.bincount(inverse, weights=np.concatenate(weights))
+    return uniq // base, uniq % base, w
+
+
+@numba.njit(cache=True)
+def _symmetric_csr(lo: np.ndarray, hi: np.ndarray, values: np.ndarray, n: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CSR ``[n, n]`` holding each upper-triangle entry ``(lo, hi)`` and its mirror (a counting sort)."""
+    counts = np.zeros(n + 1, np.int64)
+    for p in range(len(lo)):
+        counts[lo[p] + 1] += 1
+        counts[hi[p] + 1] += 1
+    indptr = np.cumsum(counts)
+    fill = indptr[:-1].copy()
+    indices = np.empty(2 * len(lo), np.int64)
+    data = np.empty(2 * len(lo), np.float64)
+    for p in range(len(lo)):
+        for r, c in ((lo[p], hi[p]), (hi[p], lo[p])):
+            indices[fill[r]] = c
+            data[fill[r]] = values[p]
+            fill[r] += 1
+    return indptr, indices, data
+
+
+def cooccurrence_embeddings(histories: Histories, num_items: int, *, dim: int = 32, window: int = 5,
+                            before_ts: int | None = None, seed: int = 0, power_iterations: int = 4
+                            ) -> tuple[np.ndarray, np.ndarray, int]:
+    """Training-free item embeddings from the events: PPMI of co-occurrence, truncated SVD.
+
+    Two distinct items co-occur when at most ``window`` behaviors apart in one user's time-ordered history
+    (weight 1/distance). Positive PMI ``max(0, log(c_ab * T / (c_a * c_b)))`` is factorised by a randomized
+    SVD (Halko et al. 2011) into ``U_d sqrt(S_d)``; component signs are fixed so the largest entry is
+    positive. Items without a positive PMI entry get a hashed Gaussian vector (deterministic in
+    ``(seed, item_id)``) scaled to the median learned norm.
+
+    Args:
+        histories: CSR histories; only behaviors strictly before ``before_ts`` are used (no leakage).
+        num_items: items are ``1..num_items``.
+    Returns:
+        ``(item_ids, matrix, num_learned)``: int64 ``[num_items]``, float32 ``[num_items, dim]`` and how many
+        items got a learned (not hashed) vector.
+    """
+    h = histories
+    row_user = np.repeat(np.arange(h.num_users, dtype=np.int64), h.lengths())
+    if before_ts is None:
+        items, users = h.item_id, row_user
+    else:
+        end = h.end_before(np.arange(h.num_users), np.full(h.num_users, before_ts, np.int64))
+        keep = np.arange(len(h.item_id)) < end[row_user]
+        items, users = h.item_id[keep], row_user[keep]
+    lo, hi, w = _cooccurrence_counts(items, users, num_items, window)
+    matrix = np.zeros((num_items + 1, dim), np.float32)
+    learned = np.zeros(num_items + 1, bool)
+    if len(w):
+        item_total = np.bincount(lo, weights=w, minlength=num_items + 1) + np.bincount(
+            hi, weights=w, minlength=num_items + 1)
+        pmi = np.log(w * item_total.sum() / (item_total[lo] * item_total[hi]))
+        pos = pmi > 0
+        lo, hi, pmi = lo[pos], hi[pos], pmi[pos]
+        learned[lo] = learned[hi] = True                 # items with at least one positive PMI entry
+        active = np.flatnonzero(learned)
+        if len(active):
+            compact = np.full(num_items + 1, -1, np.int64)
+            compact[active] = np.arange(len(active))
+            csr = _symmetric_csr(compact[lo], compact[hi], pmi, len(active))
+            vectors = _randomized_embedding(*csr, dim, seed, power_iterations)
+            matrix[active, : vectors.shape[1]] = vectors
+    fallback = np.flatnonzero(~learned[1:]) + 1
+    if len(fallback):
+        norms = np.linalg.norm(matrix[learned], axis=1)
+        scale = float(np.median(norms)) if len(norms) else 1.0
+        matrix[fallback] = hashed_gaussian(fallback, dim, seed) * np.float32(scale / np.sqrt(dim))
+    return np.arange(1, num_items + 1, dtype=np.int64), matrix[1:], int(learned.sum())
+
+
+@numba.njit(cache=True)
+def _orthonormal_columns(y: np.ndarray) -> np.ndarray:
+    """Orthonormal basis of the columns of float64 ``[n, k]`` by modified Gram-Schmidt, run twice.
+
+    Hand-written instead of LAPACK QR: multi-threaded BLAS on tall, thin matrices is slow on a busy
+    machine (measured 40x slower with two OpenBLAS threads under load) for a few million flops of work.
+    """
+    n, k = y.shape
+    qt = np.ascontiguousarray(y.T)  # [k, n]: one basis vector per row
+    for _ in range(2):  # a second pass restores orthogonality lost to rounding ("twice is enough")
+        for j in range(k):
+            for i in range(j):
+                dot = 0.0
+                for r in range(n):
+                    dot += qt[i, r] * qt[j, r]
+                for r in range(n):
+                    qt[j, r] -= dot * qt[i, r]
+            norm = 0.0
+            for r in range(n):
+                norm += qt[j, r] * qt[j, r]
+            norm = np.sqrt(norm)
+            if norm > 1e-300:
+                for r in range(n):
+                    qt[j, r] /= norm
+    return np.ascontiguousarray(qt.T)
+
+
+@numba.njit(cache=True)
+def _gram(y: np.ndarray) -> np.ndarray:
+    """float64 ``[k, k]`` = ``y.T @ y`` for ``y`` float64 ``[n, k]``."""
+    n, k = y.shape
+    g = np.zeros((k, k))
+    for r in range(n):
+        for a in range(k):
+            ya = y[r, a]
+            for b in range(a, k):
+                g[a, b] += ya * y[r, b]
+    for a in range(k):
+        for b in range(a):
+            g[a, b] = g[b, a]
+    return g
+
+
+@numba.njit(cache=True)
+def _project(q: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """float64 ``[n, d]`` = ``q @ v`` for ``q`` ``[n, k]`` and a small ``v`` ``[k, d]``."""
+    n, k = q.shape
+    d = v.shape[1]
+    out = np.zeros((n, d))
+    for r in range(n):
+        for j in range(k):
+            qj = q[r, j]
+            for c in range(d):
+                out[r, c] += qj * v[j, c]
+    return out
+
+
+def _randomized_embedding(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, dim: int, seed: int,
+                          power_iterations: int) -> np.ndarray:
+    """``U_d sqrt(S_d)`` of a symmetric CSR matrix M ``[n, n]`` by randomized range finding.
+
+    Q spans M's dominant subspace after power iterations; with ``B = Q^T M`` (``[k, n]``), the SVD
+    ``B = U_b S V^T`` follows from the small eigenproblem ``B B^T = (MQ)^T (MQ) = U_b S^2 U_b^T``.
+    Returns float32 ``[n, min(dim, k)]``.
+    """
+    n = len(indptr) - 1
+    k = min(dim + 10, n)
+    q = np.random.default_rng(seed).standard_normal((n, k))
+    for _ in range(power_iterations + 1):
+        q = _orthonormal_columns(_csr_matmul(indptr, indices, data, q))
+    evals, evecs = np.linalg.eigh(_gram(_csr_matmul(indptr, indices, data, q)))  # ascending
+    d = min(dim, k)
+    top = np.argsort(evals)[::-1][:d]
+    s = np.sqrt(np.maximum(evals[top], 0.0))
+    u = _project(q, np.ascontiguousarray(evecs[:, top]))         # [n, d]
+    flip = np.sign(u[np.argmax(np.abs(u), axis=0), np.arange(d)])
+    flip[flip == 0] = 1.0
+    return (u * flip * np.sqrt(s)).astype(np.float32)
+
+
+def _splitmix64(z: np.ndarray) -> np.ndarray:
+    z = z + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def hashed_gaussian(item_ids: np.ndarray, dim: int, seed: int) -> np.ndarray:
+    """float32 ``[n, dim]`` standard normal vectors, each a pure function of ``(seed, item_id)``.
+
+    Used for items without a learned embedding: the vector of an item does not depend on which other items
+    are missing, on the order of ``item_ids``, or on the machine.
+    """
+    ids = np.asarray(item_ids, dtype=np.int64).astype(np.uint64)[:, None]
+    comp = np.arange(dim, dtype=np.uint64)[None, :] * np.uint64(2)
+    base = _splitmix64(_splitmix64(np.full(1, seed & 0xFFFFFFFFFFFFFFFF, np.uint64)) ^ ids)  # [n, 1]
+    u1 = ((_splitmix64(base ^ comp) >> np.uint64(11)).astype(np.float64) + 0.5) / 2.0**53
+    u2 = ((_splitmix64(base ^ (comp + np.uint64(1))) >> np.uint64(11)).astype(np.float64) + 0.5) / 2.0**53
+    return (np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)).astype(np.float32)
+
+
+# ---- the validated table --------------------------------------------------------------------------------
+
+
+def _examples(values: np.ndarray) -> str:
+    shown = ", ".join(str(v) for v in values[:_MAX_EXAMPLES].tolist())
+    return shown + (", ..." if len(values) > _MAX_EXAMPLES else "")
+
+
+def _raw_id_lookup(dataset: Dataset, file: str) -> dict[str, int]:
+    items_file = dataset.path / "items.parquet"
+    if "raw_item_id" not in pq.read_schema(items_file).names:
+        raise EmbeddingError(f"{file}: embeddings keyed by raw_item_id, but {items_file} has no raw_item_id "
+                             "column; key them by the dense item_id instead")
+    t = pq.read_table(items_file, columns=["item_id", "raw_item_id"])
+    return dict(zip(t.column("raw_item_id").to_pylist(), t.column("item_id").to_pylist(), strict=True))
+
+
+def table_from_rows(ids: np.ndarray, matrix: np.ndarray, dataset: Dataset, *, missing: str, seed: int,
+                    normalize: bool, file: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """Place keyed rows into a validated ``[num_items + 1, d]`` table.
+
+    Checks (each an :class:`EmbeddingError` naming ``file`` with a count and example ids): finite values;
+    dense ids within ``0..num_items`` (0, the padding row, is ignored) and unique; every item occurring in
+    the events has a row (unless ``missing="random"``); with ``normalize``, no zero vector for those items.
+    Rows of items nobody interacted with are filled with hashed Gaussian vectors.
+    """
+    num_items = dataset.manifest.num_items
+    bad = ~np.isfinite(matrix).all(axis=1)
+    if bad.any():
+        raise EmbeddingError(f"{file}: {int(bad.sum())} embeddings hold NaN or infinity, e.g. item ids "
+                             f"{_examples(ids[bad])}")
+    info: dict[str, Any] = {}
+    if ids.dtype.kind == "U":
+        lookup = _raw_id_lookup(dataset, file)
+        dense = np.array([lookup.get(r, -1) for r in ids.tolist()], dtype=np.int64)
+        info["unknown_raw_ids_skipped"] = int((dense < 0).sum())
+        matrix, ids = matrix[dense >= 0], dense[dense >= 0]
+    out_of_range = (ids < 0) | (ids > num_items)
+    if out_of_range.any():
+        raise EmbeddingError(f"{file}: {int(out_of_range.sum())} item ids outside the dataset's 1..{num_items}, "
+                             f"e.g. {_examples(ids[out_of_range])} (are the embeddings keyed by another "
+                             "dataset's ids?)")
+    matrix, ids = matrix[ids > 0], ids[ids > 0]
+    uniq, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        raise EmbeddingError(f"{file}: {int((counts > 1).sum())} item ids appear more than once, e.g. "
+                             f"{_examples(uniq[counts > 1])}")
+    dim = matrix.shape[1]
+    table = np.zeros((num_items + 1, dim), np.float32)
+    provided = np.zeros(num_items + 1, bool)
+    table[ids], provided[ids] = matrix, True
+    used = np.zeros(num_items + 1, bool)
+    used[dataset.histories.item_id] = True
+    missing_used = np.flatnonzero(used & ~provided)
+    if len(missing_used) and missing == "error":
+        raise EmbeddingError(f"{file}: {len(missing_used)} of the {int(used.sum())} items that occur in the "
+                             f"events have no embedding, e.g. item ids {_examples(missing_used)}; use "
+                             "--missing-embedding random to give them deterministic random vectors")
+    fill = np.flatnonzero(~provided[1:]) + 1
+    if len(fill):
+        norms = np.linalg.norm(matrix, axis=1)
+        scale = float(np.median(norms)) if len(norms) else 1.0
+        table[fill] = hashed_gaussian(fill, dim, seed) * np.float32(scale / np.sqrt(dim))
+    if normalize:
+        zero = np.flatnonzero(used & (np.abs(table).max(axis=1) == 0))
+        if len(zero):
+            raise EmbeddingError(f"{file}: {len(zero)} items that occur in the events have an all-zero "
+                                 f"embedding, which cannot be L2-normalised, e.g. item ids {_examples(zero)}")
+    info.update(provided=int(provided.sum()), missing_filled=len(missing_used))
+    return table, info
+
+
+def item_embedding_table(source: EmbeddingSource, dataset: Dataset, *, before_ts: int | None, seed: int,
+                         normalize: bool = True) -> ItemEmbeddingTable:
+    """Build and validate the item table the job clusters with.
+
+    Args:
+        source: the embedding source.
+        dataset: the loaded dataset (its items define the table rows; its events the required items).
+        before_ts: the snapshot; the ``cooccurrence`` default learns only from behaviors before it.
+        seed: seeds the randomized SVD and the hashed fallback vectors.
+        normalize: whether the clustering L2-normalises (then zero vectors are an error).
+    Returns:
+        :class:`ItemEmbeddingTable` with ``table`` float32 ``[num_items + 1, d]``.
+    Raises:
+        EmbeddingError, CheckpointError: see the module docstring. Nothing is written.
+    """
+    desc = source.describe()
+    if source.kind == "cooccurrence":
+        ids, matrix, learned = cooccurrence_embeddings(
+            dataset.histories, dataset.manifest.num_items, dim=source.dim, window=source.window,
+            before_ts=before_ts, seed=seed)
+        desc.update(before_ts=before_ts, items_learned=learned)
+        file = "co-occurrence embeddings"
+    elif source.kind == "checkpoint":
+        ckpt_fp = _read_checkpoint(source.path).get("manifest_fingerprint")  # type: ignore[arg-type]
+        if isinstance(ckpt_fp, str) and ckpt_fp != dataset.manifest.fingerprint():
+            raise CheckpointError(f"{source.path}: checkpoint trained on a dataset with manifest fingerprint "
+                                  f"{ckpt_fp}, this dataset has {dataset.manifest.fingerprint()}")
+        ids, matrix = load_checkpoint_item_embeddings(source.path)  # type: ignore[arg-type]
+        if len(ids) != dataset.manifest.num_items:
+            raise EmbeddingError(f"{source.path}: dimension mismatch: {CHECKPOINT_KEY!r} has rows for "
+                                 f"{len(ids)} items (+ padding), the dataset has {dataset.manifest.num_items}")
+        file = str(source.path)
+    else:
+        ids, matrix = load_embedding_file(source.path, _ids_path_for(source))  # type: ignore[arg-type]
+        file = str(source.path)
+    table, info = table_from_rows(ids, matrix, dataset, missing=source.missing, seed=seed, normalize=normalize,
+                                  file=file)
+    desc.update(info, dim=int(table.shape[1]))
+    return ItemEmbeddingTable(table=table, source=desc)
+
+
+def write_embedding_file(path: str | os.PathLike, item_ids: np.ndarray, matrix: np.ndarray,
+                         raw_item_ids: np.ndarray | None = None) -> Path:
+    """Write embeddings in the ``file`` source format, atomically.
+
+    ``.parquet``: columns ``item_id`` (int64), optional ``raw_item_id`` (string) and ``embedding``
+    (list<float32>). ``.npy``: the float32 matrix ``[n, d]`` plus ``<name>.ids.npy`` (int64 ``[n]``).
+    """
+    from twinv2._io import atomic_file, save_npy_atomic
+
+    path = Path(path)
+    matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+    item_ids = np.asarray(item_ids, dtype=np.int64)
+    if path.suffix.lower() == ".npy":
+        save_npy_atomic(path.with_suffix(".ids.npy"), item_ids)
+        save_npy_atomic(path, matrix)
+        return path
+    if path.suffix.lower() != ".parquet":
+        raise ConfigError(f"{path}: embedding files end in .parquet or .npy")
+    n, d = matrix.shape
+    columns: dict[str, pa.Array] = {"item_id": pa.array(item_ids, pa.int64())}
+    if raw_item_ids is not None:
+        columns["raw_item_id"] = pa.array(np.asarray(raw_item_ids).astype(str).tolist(), pa.string())
+    offsets = pa.array(np.arange(n + 1, dtype=np.int32) * np.int32(d))
+    columns["embedding"] = pa.ListArray.from_arrays(offsets, pa.array(matrix.reshape(-1), pa.float32()))
+    with atomic_file(path, "wb") as fh:
+        pq.write_table(pa.table(columns), fh, compression="zstd")
+    return path
+
+
+def export_cooccurrence_embeddings(dataset: str | os.PathLike, out: str | os.PathLike, *, dim: int = 32,
+                                   window: int = 5, before_ts: int | None = None, seed: int = 0
+                                   ) -> dict[str, Any]:
+    """Learn the co-occurrence default embeddings of a dataset and write them with
+    :func:`write_embedding_file` (``raw_item_id`` included in Parquet when the dataset has it).
+
+    Returns ``{"path", "items", "items_learned", "dim"}``.
+    """
+    from twinv2.data.store import load_dataset
+
+    EmbeddingSource("cooccurrence", dim=dim, window=window)  # validates dim and window
+    ds = load_dataset(dataset)
+    ids, matrix, learned = cooccurrence_embeddings(ds.histories, ds.manifest.num_items, dim=dim, window=window,
+                                                   before_ts=before_ts, seed=seed)
+    raw = None
+    items_file = ds.path / "items.parquet"
+    if Path(out).suffix.lower() == ".parquet" and "raw_item_id" in pq.read_schema(items_file).names:
+        t = pq.read_table(items_file, columns=["item_id", "raw_item_id"]).sort_by("item_id")
+        raw = np.asarray(t.column("raw_item_id").to_pylist(), dtype=str)
+    path = write_embedding_file(out, ids, matrix, raw_item_ids=raw)
+    return {"path": str(path), "items": len(ids), "items_learned": learned, "dim": dim}

@@ -1,0 +1,631 @@
+"""The compression job: every user's life cycle before a snapshot, clustered into virtual items.
+
+:func:`compress_dataset` loads a dataset, builds and validates the item embedding table, and processes users
+in contiguous id ranges ("parts", ``users_per_part`` users each). Each part is computed by one worker process
+(one maths thread each) and written atomically as ``part-NNNNN.parquet``, so after a crash or a kill the same
+command skips the finished parts; the result is byte-identical to an uninterrupted run because every user's
+clusters depend only on ``(seed, user_id)`` and the user's own behaviors. :func:`compress_incremental` folds
+the behaviors of ``[old snapshot, new snapshot)`` into an existing folder's clusters and writes a new folder.
+
+Backends: ``local`` (``multiprocessing`` with the spawn start method) and ``spark``
+(:mod:`twinv2.compress.spark`, the same per-user function under ``groupBy("user_id").applyInPandas``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import multiprocessing
+import os
+import shutil
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from twinv2._io import save_npy_atomic, write_json_atomic
+from twinv2.compress.cluster import ClusterConfig, assign_incremental, cluster_life_cycle
+from twinv2.compress.embeddings import EmbeddingSource, ItemEmbeddingTable, item_embedding_table
+from twinv2.compress.store import (
+    EMBEDDINGS_FILE,
+    FORMAT_VERSION,
+    JOB_FILE,
+    KIND,
+    MANIFEST_FILE,
+    OFFSETS_FILE,
+    Columns,
+    check_compressed_output,
+    concat_columns,
+    empty_columns,
+    mean_feature_names,
+    part_name,
+    read_compressed_manifest,
+    read_part,
+    virtual_item_schema,
+    write_part,
+)
+from twinv2.compress.virtual_items import (
+    build_virtual_items,
+    canonical_order,
+    normalize_rows,
+    sort_by_recency,
+    update_virtual_items,
+)
+from twinv2.data.store import Dataset, load_dataset
+from twinv2.errors import CompressionError, ConfigError, EmbeddingError
+
+__all__ = ["BACKENDS", "CompressSummary", "UserCompressor", "compress_dataset", "compress_incremental"]
+
+BACKENDS = ("local", "spark")
+DEFAULT_USERS_PER_PART = 256
+# Maths libraries read these when they load: a worker started with them uses one thread, so N workers use
+# N cores instead of N x cores threads fighting each other.
+ONE_THREAD_ENV = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+# ---- one user ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class UserCompressor:
+    """Everything needed to compress one user's behaviors; picklable, shared by every backend.
+
+    Attributes:
+        embeddings: float32 ``[num_items + 1, d]`` item table (``None`` until a worker loads it).
+        item_numerics: float32 ``[num_items + 1]`` inherent numeric features (``duration``, ...) by name.
+        cross_names: the manifest's cross numerics, in order.
+        mean_names: the averaged features (:func:`twinv2.compress.store.mean_feature_names`).
+        config: the clustering configuration; snapshot_ts: the snapshot; seed: base seed (int >= 0).
+    """
+
+    embeddings: np.ndarray | None
+    item_numerics: dict[str, np.ndarray]
+    cross_names: list[str]
+    mean_names: list[str]
+    config: ClusterConfig
+    snapshot_ts: int
+    seed: int
+
+    def _clustered(self, item_id: np.ndarray) -> np.ndarray:
+        assert self.embeddings is not None, "worker embeddings not loaded"
+        x = np.asarray(self.embeddings[item_id], dtype=np.float32)
+        return normalize_rows(x) if self.config.normalize else x
+
+    def _features(self, item_id: np.ndarray, label: np.ndarray, cross: dict[str, np.ndarray]
+                  ) -> dict[str, np.ndarray]:
+        features = {n: cross[n] for n in self.cross_names}
+        features["label"] = label
+        for name, table in self.item_numerics.items():
+            features[name] = table[item_id]
+        return features
+
+    def _canonical(self, item_id: np.ndarray, ts: np.ndarray, label: np.ndarray, cross: dict[str, np.ndarray]
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray], np.ndarray]:
+        perm = canonical_order(ts, item_id, label, [cross[n] for n in self.cross_names])
+        return item_id[perm], ts[perm], label[perm], {n: v[perm] for n, v in cross.items()}, perm
+
+    @property
+    def _inner_config(self) -> ClusterConfig:
+        # The embeddings handed to the clustering are already normalised (so the virtual items measure
+        # distances in exactly the space that was clustered).
+        return replace(self.config, normalize=False)
+
+    def compress(self, user_id: int, item_id: np.ndarray, ts: np.ndarray, label: np.ndarray,
+                 cross: dict[str, np.ndarray]) -> Columns:
+        """Virtual items of one user (``N >= 1`` behaviors, all before the snapshot), most recent last.
+
+        Args:
+            item_id, ts: int64 ``[N]``; label: int8 ``[N]``; cross: float32 ``[N]`` per cross feature.
+        """
+        item_id, ts, label, cross, _ = self._canonical(item_id, ts, label, cross)
+        x = self._clustered(item_id)
+        rng = np.random.default_rng([self.seed, int(user_id)])
+        result = cluster_life_cycle(x, cross["completion_ratio"], self._inner_config, rng)
+        cols = build_virtual_items(int(user_id), result.labels, result.groups, x, item_id, ts,
+                                   self._features(item_id, label, cross), self.snapshot_ts)
+        return sort_by_recency(cols)
+
+    def update(self, user_id: int, old: Columns, item_id: np.ndarray, ts: np.ndarray, label: np.ndarray,
+               cross: dict[str, np.ndarray], new_groups: np.ndarray | None) -> Columns:
+        """Fold one user's behaviors in ``[old snapshot, snapshot)`` into their old virtual items.
+
+        Args:
+            old: the user's rows from the previous folder (``C >= 0``).
+            item_id, ts, label, cross: ``[M]`` new behaviors.
+            new_groups: int8 ``[M]`` completion groups (needed for quantile bins), or None.
+        """
+        item_id, ts, label, cross, perm = self._canonical(item_id, ts, label, cross)
+        if new_groups is not None:
+            new_groups = new_groups[perm]
+        x = self._clustered(item_id)
+        if len(item_id):
+            inc = assign_incremental(old["centroid"], old["cluster_size"], old["completion_group"], x,
+                                     cross["completion_ratio"], self._inner_config, new_groups=new_groups)
+            labels, groups, sizes = inc.labels, inc.groups, inc.sizes
+        else:
+            labels, groups, sizes = np.zeros(0, np.int64), old["completion_group"], old["cluster_size"]
+        rep_x_old = self._clustered(old["rep_item_id"])
+        cols = update_virtual_items(int(user_id), old, labels, groups, sizes, x, rep_x_old, item_id, ts,
+                                    self._features(item_id, label, cross), self.snapshot_ts)
+        return sort_by_recency(cols)
+
+
+# ---- parts ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PartTask:
+    """The behaviors of users ``[user_start, user_end)`` for one part (rows ``offsets[k]:offsets[k+1]``)."""
+
+    index: int
+    user_start: int
+    user_end: int
+    offsets: np.ndarray
+    item_id: np.ndarray
+    ts: np.ndarray
+    label: np.ndarray
+    cross: dict[str, np.ndarray]
+    out_file: str
+    incremental: bool = False
+    base_file: str | None = None          # incremental: the base folder's part with the same users, if any
+    new_groups: np.ndarray | None = None  # incremental with quantile bins: groups of the new behaviors
+
+
+@dataclass
+class PartResult:
+    """What one finished part holds."""
+
+    index: int
+    users: int
+    behaviors: int
+    clusters: int
+
+
+def process_part(comp: UserCompressor, task: PartTask) -> PartResult:
+    """Compress (or update) every user of one part and write the part file atomically."""
+    schema = virtual_item_schema(comp.mean_names)
+    dim = comp.embeddings.shape[1]  # type: ignore[union-attr]
+    old: Columns | None = None
+    if task.incremental:
+        # Users added to the dataset after the base run have no base part: they start with no clusters.
+        old = read_part(task.base_file) if task.base_file else empty_columns(schema, dim)
+    per_user: list[Columns] = []
+    for k, user in enumerate(range(task.user_start, task.user_end)):
+        lo, hi = int(task.offsets[k]), int(task.offsets[k + 1])
+        args = (task.item_id[lo:hi], task.ts[lo:hi], task.label[lo:hi], {n: v[lo:hi] for n, v in task.cross.items()})
+        if old is None:
+            if hi > lo:
+                per_user.append(comp.compress(user, *args))
+            continue
+        a, b = np.searchsorted(old["user_id"], [user, user + 1])
+        if hi == lo and a == b:
+            continue
+        old_user = {name: values[a:b] for name, values in old.items()}
+        groups = task.new_groups[lo:hi] if task.new_groups is not None else None
+        per_user.append(comp.update(user, old_user, *args, new_groups=groups))
+    columns = concat_columns(per_user, schema, dim)
+    write_part(task.out_file, columns, schema)
+    return PartResult(task.index, task.user_end - task.user_start, int(columns["cluster_size"].sum()),
+                      len(columns["cluster_size"]))
+
+
+_WORKER: UserCompressor | None = None
+
+
+def _init_worker(comp: UserCompressor, embeddings_file: str) -> None:
+    global _WORKER
+    # Memory-mapped: workers share the table through the page cache instead of each holding a copy.
+    _WORKER = replace(comp, embeddings=np.load(embeddings_file, mmap_mode="r"))
+
+
+def _worker_process_part(task: PartTask) -> PartResult:
+    assert _WORKER is not None
+    return process_part(_WORKER, task)
+
+
+@contextlib.contextmanager
+def _one_thread_env() -> Iterator[None]:
+    """Set the one-thread variables while worker processes start (they copy the environment)."""
+    saved = {k: os.environ.get(k) for k in ONE_THREAD_ENV}
+    os.environ.update({k: "1" for k in ONE_THREAD_ENV})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _run_local(comp: UserCompressor, tasks: Iterator[PartTask], workers: int, embeddings_file: Path,
+               on_result: Callable[[PartResult], None]) -> None:
+    """Run tasks in this process (``workers == 1``) or in a spawn pool with a bounded queue."""
+    if workers == 1:
+        for task in tasks:
+            on_result(process_part(comp, task))
+        return
+    light = replace(comp, embeddings=None)
+    ctx = multiprocessing.get_context("spawn")
+    with _one_thread_env():
+        pool = ctx.Pool(workers, initializer=_init_worker, initargs=(light, str(embeddings_file)))
+    try:
+        pending: deque = deque()
+        for task in tasks:
+            pending.append(pool.apply_async(_worker_process_part, (task,)))
+            while len(pending) >= 2 * workers:  # bound the memory held by queued part data
+                on_result(pending.popleft().get())
+        while pending:
+            on_result(pending.popleft().get())
+        pool.close()
+        pool.join()
+    finally:
+        pool.terminate()
+
+
+# ---- the job -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CompressSummary:
+    """What a run did. ``compression_ratio`` = virtual items / behaviors represented; ``behaviors_in`` = the
+    behaviors read by this run (before the snapshot, or since the base snapshot for incremental runs)."""
+
+    out: str
+    backend: str
+    workers: int
+    snapshot_ts: int
+    num_users: int
+    num_behaviors: int
+    behaviors_in: int
+    num_clusters: int
+    seconds: float
+    parts_written: int
+    parts_skipped: int
+    incremental: bool = False
+    already_complete: bool = False
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase: load, embeddings, cluster
+
+    @property
+    def compression_ratio(self) -> float:
+        return self.num_clusters / self.num_behaviors if self.num_behaviors else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["compression_ratio"] = self.compression_ratio
+        return d
+
+
+def _seed_int(seed: int | np.random.Generator) -> int:
+    if isinstance(seed, np.random.Generator):
+        return int(seed.integers(0, 2**63 - 1))
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"seed={seed!r}: expected an int >= 0 or a numpy Generator")
+    return int(seed)
+
+
+def _dataset_params(ds: Dataset) -> dict[str, Any]:
+    m = ds.manifest
+    return {"path": str(ds.path.resolve()), "fingerprint": m.fingerprint(), "num_users": m.num_users,
+            "num_items": m.num_items, "num_events": m.num_events, "time_min": m.time_min, "time_max": m.time_max}
+
+
+def _item_numerics(ds: Dataset) -> dict[str, np.ndarray]:
+    return {c.name: ds.items[c.name].astype(np.float32) for c in ds.manifest.item_numerics}
+
+
+def _diff_keys(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+def _prepare_out(out: Path, params: dict[str, Any], overwrite: bool) -> str:
+    """Create or check the output folder. Returns ``"new"``, ``"resume"`` or ``"complete"``."""
+    check_compressed_output(out)
+    for name, state in ((MANIFEST_FILE, "complete"), (JOB_FILE, "resume")):
+        file = out / name
+        if not file.exists():
+            continue
+        previous = json.loads(file.read_text())
+        previous = previous.get("job", previous) if name == MANIFEST_FILE else previous
+        if overwrite:
+            shutil.rmtree(out)
+            break
+        if previous == params:
+            return state
+        raise CompressionError(
+            f"{out}: holds a run with different parameters ({', '.join(_diff_keys(previous, params))}); "
+            "pass --overwrite to start over, or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / JOB_FILE, params)
+    return "new"
+
+
+def _clean_temporaries(out: Path) -> None:
+    """Remove temporary files an interrupted run left behind (``atomic_file`` writes ``.<name>.*.tmp``)."""
+    for tmp in out.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def _store_embeddings(out: Path, table: ItemEmbeddingTable) -> None:
+    file = out / EMBEDDINGS_FILE
+    if not file.exists():
+        save_npy_atomic(file, table.table)
+
+
+def _finish(out: Path, params: dict[str, Any], num_users: int, users_per_part: int) -> tuple[int, int]:
+    """Write ``user_offsets.npy`` and ``manifest.json`` from the part files. Returns (clusters, behaviors)."""
+    partitions, user_ids, behaviors = [], [], 0
+    for p in range(-(-num_users // users_per_part)):
+        t = pq.read_table(out / part_name(p), columns=["user_id", "cluster_size"])
+        users = t.column("user_id").to_numpy()
+        user_ids.append(users)
+        behaviors += int(t.column("cluster_size").to_numpy().sum())
+        partitions.append({"file": part_name(p), "user_start": p * users_per_part,
+                           "user_end": min((p + 1) * users_per_part, num_users), "rows": t.num_rows})
+    all_users = np.concatenate(user_ids) if user_ids else np.zeros(0, np.int64)
+    if len(all_users) and (np.diff(all_users) < 0).any():
+        raise CompressionError(f"{out}: part files are not in user order; delete the folder and rerun")
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(all_users, minlength=num_users))]).astype(np.int64)
+    save_npy_atomic(out / OFFSETS_FILE, offsets)
+    manifest = {
+        "kind": KIND, "format_version": FORMAT_VERSION,
+        "dataset_fingerprint": params["dataset"]["fingerprint"], "dataset_path": params["dataset"]["path"],
+        "snapshot_ts": params["snapshot_ts"], "cluster_config": params["cluster_config"], "seed": params["seed"],
+        "embeddings": params["embeddings"], "embedding_dim": params["embedding_dim"],
+        "mean_features": params["mean_features"], "users_per_part": users_per_part,
+        "num_users": num_users, "users_with_clusters": int((np.diff(offsets) > 0).sum()),
+        "num_clusters": len(all_users), "num_behaviors": behaviors,
+        "incremental_from": params.get("base"), "partitions": partitions, "job": params,
+    }
+    write_json_atomic(out / MANIFEST_FILE, manifest)
+    return len(all_users), behaviors
+
+
+def _make_progress(enabled: bool) -> Any:
+    """A rich progress bar over users, on stderr (disabled: a no-op with the same interface)."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("users"), TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=Console(stderr=True), disable=not enabled, transient=False)
+
+
+def _part_tasks(ds: Dataset, lo_rows: np.ndarray, hi_rows: np.ndarray, parts: list[int], users_per_part: int,
+                out: Path, base: Path | None = None, group_cuts: Callable[[int], np.ndarray] | None = None
+                ) -> Iterator[PartTask]:
+    """Tasks for ``parts``; user ``u`` contributes rows ``lo_rows[u]:hi_rows[u]`` (built lazily)."""
+    h = ds.histories
+    num_users = h.num_users
+    cross_names = list(h.cross)
+    for p in parts:
+        u0, u1 = p * users_per_part, min((p + 1) * users_per_part, num_users)
+        rows = np.concatenate([np.arange(lo_rows[u], hi_rows[u]) for u in range(u0, u1)]).astype(np.int64)
+        lengths = hi_rows[u0:u1] - lo_rows[u0:u1]
+        groups = None
+        if group_cuts is not None:
+            groups = np.concatenate([np.zeros(0, np.int8)] + [group_cuts(u) for u in range(u0, u1)])
+        yield PartTask(
+            index=p, user_start=u0, user_end=u1,
+            offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+            item_id=h.item_id[rows], ts=h.ts[rows], label=h.label[rows],
+            cross={n: h.cross[n][rows] for n in cross_names},
+            out_file=str(out / part_name(p)),
+            incremental=base is not None,
+            base_file=str(base / part_name(p)) if base is not None and (base / part_name(p)).exists() else None,
+            new_groups=groups,
+        )
+
+
+def _run(ds: Dataset, out: Path, params: dict[str, Any], comp: UserCompressor, table: ItemEmbeddingTable,
+         lo_rows: np.ndarray, hi_rows: np.ndarray, *, backend: str, workers: int, overwrite: bool,
+         progress: bool, spark_master: str | None, base: Path | None,
+         group_cuts: Callable[[int], np.ndarray] | None,
+         after_part: Callable[[int], None] | None, start: float, timings: dict[str, float]) -> CompressSummary:
+    """Shared driver of full and incremental runs: prepare, process pending parts, finish.
+
+    ``start`` is when the caller began (``time.perf_counter``); ``timings`` holds its phases so far.
+    """
+    num_users, users_per_part = ds.histories.num_users, params["users_per_part"]
+    num_parts = -(-num_users // users_per_part)
+    state = _prepare_out(out, params, overwrite)
+    behaviors_in = int((hi_rows - lo_rows).sum())
+    if state == "complete":
+        manifest = read_compressed_manifest(out)
+        return CompressSummary(str(out), backend, workers, params["snapshot_ts"], num_users,
+                               manifest["num_behaviors"], 0, manifest["num_clusters"],
+                               time.perf_counter() - start, 0, num_parts, base is not None,
+                               already_complete=True, timings=timings)
+    _clean_temporaries(out)
+    _store_embeddings(out, table)
+    pending = [p for p in range(num_parts) if not (out / part_name(p)).exists()]
+    cluster_start = time.perf_counter()
+    if backend == "spark":
+        from twinv2.compress.spark import run_spark_parts
+
+        run_spark_parts(comp, ds, out, pending, users_per_part, params["snapshot_ts"], workers=workers,
+                        master=spark_master)
+    else:
+        user_counts = {p: min((p + 1) * users_per_part, num_users) - p * users_per_part for p in pending}
+        with _make_progress(progress) as bar:
+            task_id = bar.add_task("compressing", total=sum(user_counts.values()))
+            done = 0
+
+            def on_result(result: PartResult) -> None:
+                nonlocal done
+                bar.advance(task_id, result.users)
+                done += 1
+                if after_part is not None:
+                    after_part(done)
+
+            tasks = _part_tasks(ds, lo_rows, hi_rows, pending, users_per_part, out, base, group_cuts)
+            # A worker costs about a second to start: never start more than there are parts.
+            _run_local(comp, tasks, max(1, min(workers, len(pending))), out / EMBEDDINGS_FILE, on_result)
+    timings["cluster_s"] = time.perf_counter() - cluster_start
+    num_clusters, num_behaviors = _finish(out, params, num_users, users_per_part)
+    return CompressSummary(str(out), backend, workers, params["snapshot_ts"], num_users, num_behaviors,
+                           behaviors_in, num_clusters, time.perf_counter() - start, len(pending),
+                           num_parts - len(pending), base is not None, timings=timings)
+
+
+def _check_common(out: Path, dataset: Path, backend: str, workers: int, users_per_part: int) -> None:
+    if backend not in BACKENDS:
+        raise ConfigError(f"--backend must be one of {BACKENDS}, got {backend!r}")
+    if not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"--workers must be an integer >= 1, got {workers!r}")
+    if not isinstance(users_per_part, int) or users_per_part < 1:
+        raise ConfigError(f"users_per_part must be an integer >= 1, got {users_per_part!r}")
+    if out.resolve() == dataset.resolve() or dataset.resolve() in out.resolve().parents:
+        raise CompressionError(f"--out {out} must not be inside the dataset folder {dataset}")
+
+
+def compress_dataset(dataset: str | os.PathLike, out: str | os.PathLike, snapshot_ts: int, *,
+                     embeddings: EmbeddingSource | str | None = None, config: ClusterConfig | None = None,
+                     backend: str = "local", workers: int = 1, seed: int | np.random.Generator = 0,
+                     users_per_part: int = DEFAULT_USERS_PER_PART, overwrite: bool = False,
+                     progress: bool = True, spark_master: str | None = None,
+                     _after_part: Callable[[int], None] | None = None) -> CompressSummary:
+    """Compress every user's behaviors strictly before ``snapshot_ts`` into virtual items.
+
+    Args:
+        dataset: dataset folder. out: output folder (created; resumed when it holds an unfinished run with
+            the same parameters).
+        snapshot_ts: seconds; behaviors at or after it are never read.
+        embeddings: source (default: co-occurrence embeddings learned before the snapshot).
+        config: clustering configuration (default :class:`ClusterConfig`).
+        backend: ``local`` or ``spark``; workers: worker processes (local) or local Spark cores.
+        seed: base seed; user ``u`` clusters with ``default_rng([seed, u])``.
+        users_per_part: users per part file (the unit of resumption).
+        overwrite: discard a previous run in ``out`` instead of resuming it.
+        progress: show a progress bar on stderr.
+        spark_master: Spark master URL (default ``local[workers]``, or the one of ``spark-submit``).
+    Returns:
+        :class:`CompressSummary`.
+    Raises:
+        CompressionError, ConfigError, EmbeddingError, DataValidationError: bad inputs; nothing is
+        written when the dataset or the embeddings are rejected.
+
+    Example:
+        >>> s = compress_dataset("data/synth", "out/c", snapshot_ts=1_700_000_000)  # doctest: +SKIP
+        >>> s.num_clusters / s.num_behaviors  # doctest: +SKIP
+        0.12
+    """
+    start = time.perf_counter()
+    dataset, out = Path(dataset), Path(out)
+    _check_common(out, dataset, backend, workers, users_per_part)
+    config = config or ClusterConfig()
+    seed = _seed_int(seed)
+    source = embeddings if isinstance(embeddings, EmbeddingSource) else EmbeddingSource.parse(embeddings)
+    snapshot_ts = int(snapshot_ts)
+    ds = load_dataset(dataset)
+    h = ds.histories
+    mean_names = mean_feature_names(ds.manifest)
+    users = np.arange(h.num_users, dtype=np.int64)
+    lo_rows = h.offsets[:-1]
+    hi_rows = h.end_before(users, np.full(h.num_users, snapshot_ts, np.int64))
+    if (hi_rows - lo_rows).sum() == 0:
+        raise CompressionError(f"{dataset}: no behavior before --snapshot-ts {snapshot_ts} (events span "
+                               f"{ds.manifest.time_min}..{ds.manifest.time_max})")
+    timings = {"load_s": time.perf_counter() - start}
+    table = item_embedding_table(source, ds, before_ts=snapshot_ts, seed=seed, normalize=config.normalize)
+    timings["embeddings_s"] = time.perf_counter() - start - timings["load_s"]
+    params = {
+        "kind": KIND, "format_version": FORMAT_VERSION, "mode": "full", "dataset": _dataset_params(ds),
+        "snapshot_ts": snapshot_ts, "cluster_config": asdict(config), "seed": seed,
+        "users_per_part": users_per_part, "embeddings": table.source, "embedding_dim": table.dim,
+        "embeddings_sha256": table.sha256(), "mean_features": mean_names, "base": None,
+    }
+    comp = UserCompressor(table.table, _item_numerics(ds), list(h.cross), mean_feature_names(ds.manifest), config,
+                          snapshot_ts, seed)
+    return _run(ds, out, params, comp, table, lo_rows, hi_rows, backend=backend, workers=workers,
+                overwrite=overwrite, progress=progress, spark_master=spark_master, base=None, group_cuts=None,
+                after_part=_after_part, start=start, timings=timings)
+
+
+def compress_incremental(base: str | os.PathLike, dataset: str | os.PathLike, out: str | os.PathLike,
+                         snapshot_ts: int, *, workers: int = 1, overwrite: bool = False, progress: bool = True,
+                         _after_part: Callable[[int], None] | None = None) -> CompressSummary:
+    """Fold the behaviors in ``[base snapshot, snapshot_ts)`` into the clusters of ``base``; write ``out``.
+
+    Each new behavior (oldest first) joins the nearest cluster of its completion group that has fewer than
+    gamma members, else opens a new cluster (:func:`twinv2.compress.cluster.assign_incremental`); running
+    means, centroids and representatives are updated. The configuration, seed, embedding table and part
+    layout are those of ``base``, which is never modified. Resumable like :func:`compress_dataset`.
+
+    Raises:
+        CompressionError: ``base`` unfinished or from another dataset, ``snapshot_ts`` not after its
+            snapshot, or ``out`` equal to ``base``.
+    """
+    start = time.perf_counter()
+    base, dataset, out = Path(base), Path(dataset), Path(out)
+    _check_common(out, dataset, "local", workers, 1)
+    if out.resolve() == base.resolve():
+        raise CompressionError(f"--out {out} is the --base folder: incremental runs write a new folder")
+    base_manifest = read_compressed_manifest(base)
+    ds = load_dataset(dataset)
+    if base_manifest["dataset_fingerprint"] != ds.manifest.fingerprint():
+        raise CompressionError(f"{base}: compressed from a dataset with fingerprint "
+                               f"{base_manifest['dataset_fingerprint']}, {dataset} has {ds.manifest.fingerprint()}")
+    old_snapshot, snapshot_ts = int(base_manifest["snapshot_ts"]), int(snapshot_ts)
+    if snapshot_ts <= old_snapshot:
+        raise CompressionError(f"--snapshot-ts {snapshot_ts} must be after the base snapshot {old_snapshot}")
+    if ds.histories.num_users < base_manifest["num_users"]:
+        raise CompressionError(f"{dataset} has {ds.histories.num_users} users, fewer than the "
+                               f"{base_manifest['num_users']} of {base}")
+    if mean_feature_names(ds.manifest) != base_manifest["mean_features"]:
+        raise CompressionError(f"{base}: averaged features {base_manifest['mean_features']} differ from the "
+                               f"dataset's {mean_feature_names(ds.manifest)}")
+    config = ClusterConfig(**base_manifest["cluster_config"])
+    table_array = np.load(base / EMBEDDINGS_FILE)
+    if table_array.shape != (ds.manifest.num_items + 1, base_manifest["embedding_dim"]):
+        raise EmbeddingError(f"{base / EMBEDDINGS_FILE}: dimension mismatch: shape {table_array.shape}, expected "
+                             f"({ds.manifest.num_items + 1}, {base_manifest['embedding_dim']})")
+    table = ItemEmbeddingTable(table_array, dict(base_manifest["embeddings"], inherited_from=str(base.resolve())))
+    h = ds.histories
+    users = np.arange(h.num_users, dtype=np.int64)
+    lo_rows = h.end_before(users, np.full(h.num_users, old_snapshot, np.int64))
+    hi_rows = h.end_before(users, np.full(h.num_users, snapshot_ts, np.int64))
+    users_per_part = int(base_manifest["users_per_part"])
+    seed = int(base_manifest["seed"])
+    params = {
+        "kind": KIND, "format_version": FORMAT_VERSION, "mode": "incremental", "dataset": _dataset_params(ds),
+        "snapshot_ts": snapshot_ts, "cluster_config": asdict(config), "seed": seed,
+        "users_per_part": users_per_part, "embeddings": table.source, "embedding_dim": table.dim,
+        "embeddings_sha256": table.sha256(), "mean_features": base_manifest["mean_features"],
+        "base": {"path": str(base.resolve()), "snapshot_ts": old_snapshot,
+                 "num_clusters": base_manifest["num_clusters"], "job": base_manifest.get("job")},
+    }
+    group_cuts = None
+    if config.group_bins == "quantile":
+        M = config.num_groups
+        completion = h.cross["completion_ratio"]
+
+        def group_cuts(u: int) -> np.ndarray:
+            # Quantile bins use the cuts of the user's clustered history (before the base snapshot).
+            old = completion[h.offsets[u]:lo_rows[u]]
+            new = np.clip(completion[lo_rows[u]:hi_rows[u]].astype(np.float64), 0.0, 1.0)
+            ref = np.clip(old.astype(np.float64), 0.0, 1.0) if len(old) else new
+            if len(ref) == 0:
+                return np.zeros(0, np.int8)
+            cuts = np.quantile(ref, np.arange(1, M) / M)
+            return np.searchsorted(cuts, new, side="left").astype(np.int8)
+
+    comp = UserCompressor(table.table, _item_numerics(ds), list(h.cross), mean_feature_names(ds.manifest), config,
+                          snapshot_ts, seed)
+    return _run(ds, out, params, comp, table, lo_rows, hi_rows, backend="local", workers=workers,
+                overwrite=overwrite, progress=progress, spark_master=None, base=base,
+                group_cuts=group_cuts, after_part=_after_part, start=start,
+                timings={"load_s": time.perf_counter() - start})
+
