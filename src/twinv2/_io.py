@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["atomic_dir", "atomic_file", "save_npy_atomic", "write_json_atomic"]
+__all__ = ["atomic_dir", "atomic_file", "save_figure_atomic", "save_npy_atomic", "write_json_atomic"]
 
 
 @contextlib.contextmanager
@@ -76,3 +76,15 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def save_figure_atomic(fig: Any, path: str | os.PathLike) -> Path:
+    """Lay out a matplotlib figure, write it as PNG to ``path`` atomically, and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_file(path, "wb") as fh:
+        fig.savefig(fh, format="png")
+    plt.close(fig)
+    return path

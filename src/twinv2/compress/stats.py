@@ -21,7 +21,7 @@ def plot_cluster_sizes(sizes: np.ndarray, path: str | os.PathLike, gamma: int | 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from twinv2._io import atomic_file
+    from twinv2._io import save_figure_atomic
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
     if sizes.size:
@@ -36,12 +36,7 @@ def plot_cluster_sizes(sizes: np.ndarray, path: str | os.PathLike, gamma: int | 
     ax.set_ylabel("clusters")
     ax.set_title(title or "Cluster size distribution")
     ax.grid(alpha=0.3, linewidth=0.4)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_file(path, "wb") as fh:
-        fig.savefig(fh, format="png")
-    plt.close(fig)
-    return path
+    return save_figure_atomic(fig, path)
 
 
 def compression_stats(path: str | os.PathLike, plot_path: str | os.PathLike | None = None) -> dict[str, Any]:

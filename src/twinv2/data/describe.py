@@ -20,7 +20,7 @@ def plot_history_lengths(lengths: np.ndarray, path: str | os.PathLike, title: st
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from twinv2._io import atomic_file
+    from twinv2._io import save_figure_atomic
 
     lengths = lengths[lengths > 0]
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
@@ -33,12 +33,7 @@ def plot_history_lengths(lengths: np.ndarray, path: str | os.PathLike, title: st
     ax.set_ylabel("users (log scale)")
     ax.set_title(title or "History length distribution")
     ax.grid(alpha=0.3, which="both", linewidth=0.4)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_file(path, "wb") as fh:
-        fig.savefig(fh, format="png")
-    plt.close(fig)
-    return path
+    return save_figure_atomic(fig, path)
 
 
 def describe_dataset(path: str | os.PathLike, plot_path: str | os.PathLike | None = None) -> dict[str, Any]:
