@@ -1,0 +1,463 @@
+"""``twinv2 demo``: the whole pipeline on the default synthetic life cycles, in minutes, with a report.
+
+Stages (each one a library call, each timed and shown with a progress bar):
+
+1. **data**: synthesise the dataset (``twinv2.data.synth``) into ``OUT/data``; reused when a dataset of
+   the same scale, seed and generator config is already there;
+2. **split**: :meth:`TemporalSplit.from_fractions` at 80% / 90% / 95% of the events;
+3. **embeddings + compression**: ``twinv2.compress.compress_dataset`` with its training-free default
+   embeddings (positive PMI of item co-occurrence before the snapshot, factorised by SVD) and the default
+   clustering (M = 5 completion groups, gamma = 20), snapshot = the split snapshot, into
+   ``OUT/compressed`` (training and validation); and once more at the test start into
+   ``OUT/compressed_test`` for the test window (the offline job on a regular cadence; without this
+   refresh test samples would see clusters two windows old behind a long raw tail). Why co-occurrence
+   rather than the item table of a short ``twin`` run: it costs seconds instead of a training run, needs
+   no labels, and uses only pre-snapshot behaviors; ``benchmarks/quality.py`` measures the alternative
+   (ablation ``twinv2_emb_twin``);
+4. **train**: every requested model with the same budgets (GSU length L, ESU size k, samples, epochs);
+5. **evaluate** on the test window: AUC, GAUC, log loss, overall and per activity tertile;
+6. **report**: ``OUT/report.md`` with PNG plots in ``OUT/plots/`` and every number in ``OUT/summary.json``.
+
+The default budgets (:data:`DEFAULT_BUDGET`) are sized for 7-10 minutes on 2 CPU cores; ``--quick``
+(:data:`QUICK_BUDGET`) runs the same stages on the ``small`` scale in well under a minute.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from twinv2 import __version__
+from twinv2._io import write_json_atomic
+from twinv2.data.split import TemporalSplit, make_samples
+from twinv2.data.store import Dataset, load_dataset
+from twinv2.errors import CompressionError, ConfigError
+from twinv2.train.config import TrainConfig, apply_overrides
+from twinv2.train.evaluate import ACTIVITY_GROUPS, evaluate_checkpoint
+from twinv2.train.report import bar_plot, grouped_bar_plot, line_plot, markdown_table, write_text
+
+__all__ = ["DEFAULT_BUDGET", "QUICK_BUDGET", "DemoBudget", "DemoResult", "run_demo"]
+
+DEMO_MODELS = ("twinv2", "twin")
+
+
+@dataclass(frozen=True)
+class DemoBudget:
+    """Data scale and the training budget shared by every model of the demo.
+
+    Attributes:
+        scale: synthetic scale (``small``, ``default``, ``large``).
+        long_len: GSU input length L; esu_size: ESU size k (the same for every two-stage model).
+        max_train_samples: seeded subsample of the train window (None = all its events).
+        max_valid_samples: validation subsample (early stopping is on its GAUC).
+        max_test_samples: test subsample (None = the whole test window).
+    """
+
+    scale: str
+    long_len: int
+    esu_size: int
+    batch_size: int
+    epochs: int
+    max_train_samples: int | None
+    max_valid_samples: int | None
+    max_test_samples: int | None
+    compress_workers: int = 2
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+
+    def train_config(self, model: str, seed: int, device: str) -> TrainConfig:
+        """The training config of ``model`` under this budget."""
+        values = {"model.long_term": model, "model.esu_size": self.esu_size, "data.long_len": self.long_len,
+                  "data.max_train_samples": self.max_train_samples,
+                  "data.max_valid_samples": self.max_valid_samples,
+                  "data.max_test_samples": self.max_test_samples, "train.batch_size": self.batch_size,
+                  "train.epochs": self.epochs, "train.seed": seed, "train.device": device,
+                  "train.patience": 1}
+        values.update({f"model.{k}": v for k, v in self.model_overrides.items()})
+        return apply_overrides(TrainConfig(), values, source="demo budget")
+
+
+# Sized on the 2-core development machine: one torch thread trains twin / twinv2 at L = 1000 at ~1,800
+# samples/s, so the whole train window (~235,000 events) takes ~130 s per model and the whole test window
+# (~117,000 events) ~60 s; with data (~15 s), two compressions (~35 s) and validation the demo takes about
+# 7-8 minutes on an idle machine. Training on all of the window matters: twin's validation GAUC rises
+# from 0.650 with 60,000 samples to 0.685 with all of them (L = 500).
+DEFAULT_BUDGET = DemoBudget(scale="default", long_len=1000, esu_size=100, batch_size=256, epochs=1,
+                            max_train_samples=None, max_valid_samples=20_000, max_test_samples=None)
+QUICK_BUDGET = DemoBudget(scale="small", long_len=100, esu_size=20, batch_size=128, epochs=1,
+                          max_train_samples=3_000, max_valid_samples=1_000, max_test_samples=3_000,
+                          compress_workers=1,
+                          model_overrides={"id_dim": 16, "num_heads": 2, "head_dim": 8, "mlp_dims": (32,)})
+
+
+@dataclass
+class DemoResult:
+    """What the demo produced: the report, the summary table it printed, and every number."""
+
+    out: Path
+    report_path: Path
+    summary_path: Path
+    summary_table: Table
+    results: dict[str, Any]
+
+
+def _stage(console: Console, index: int, total: int, title: str) -> float:
+    console.rule(f"[bold]{index}/{total}  {title}", align="left")
+    return time.perf_counter()
+
+
+def _synth_matches(path: Path, scale: str, seed: int) -> bool:
+    """True when ``path`` holds a finished synthetic dataset of this scale, seed and generator config."""
+    from twinv2.data.schema import Manifest
+    from twinv2.data.synth import config_for_scale
+
+    try:
+        notes = Manifest.load(path).notes
+    except Exception:  # absent or unreadable: regenerate
+        return False
+    expected = json.loads(json.dumps(dataclasses.asdict(config_for_scale(scale))))
+    return (notes.get("generator") == "twinv2.data.synth" and notes.get("scale") == scale
+            and notes.get("seed") == seed and notes.get("config") == expected)
+
+
+def _coverage(ds: Dataset, comp: Any | None, samples: Any, long_len: int) -> dict[str, float]:
+    """How much of each test sample's history the long sequence represents, for raw-L models and twinv2.
+
+    raw: ``min(n, L) / n``; twinv2: (raw behaviors after the snapshot that fit + members of the most
+    recent clusters that fit) / n, where n = behaviors before the sample. Means over samples with n > 0.
+    """
+    h = ds.histories
+    users = samples.user_id
+    lo = h.offsets[users]
+    end = h.end_before(users, samples.ts)
+    n = (end - lo).astype(np.float64)
+    keep = n > 0
+    raw_cov = np.minimum(n, long_len) / np.maximum(n, 1)
+    stats = {
+        "samples_with_history_over_L": float((n[keep] > long_len).mean()),
+        "raw_history_coverage": float(raw_cov[keep].mean()),
+        "median_history_length": float(np.median(n[keep])),
+        "p90_history_length": float(np.quantile(n[keep], 0.9)),
+        "max_history_length": float(n[keep].max()),
+    }
+    if comp is None:
+        return stats
+    snap_end = h.end_before(users, np.full(len(users), comp.snapshot_ts))
+    num_raw = np.minimum(end - np.maximum(lo, snap_end), long_len)
+    c_lo, c_hi = comp.offsets[users], comp.offsets[users + 1]
+    fit = np.minimum(c_hi - c_lo, long_len - num_raw)
+    csum = np.concatenate([[0], np.cumsum(comp.cluster_size)])
+    members = csum[c_hi] - csum[c_hi - fit]  # the most recent `fit` clusters sit at the end of the CSR row
+    v2_cov = np.minimum((num_raw + members) / np.maximum(n, 1), 1.0)
+    stats["twinv2_history_coverage"] = float(v2_cov[keep].mean())
+    return stats
+
+
+def _iso(ts: int) -> str:
+    return dt.datetime.fromtimestamp(int(ts), dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+
+
+def run_demo(out: str | os.PathLike = "runs/demo", *, models: list[str] | tuple[str, ...] | None = DEMO_MODELS,
+             scale: str | None = None,
+             seed: int = 0, quick: bool = False, device: str = "auto", console: Console | None = None,
+             budget: DemoBudget | None = None) -> DemoResult:
+    """Run the demo end to end and write ``OUT/report.md``.
+
+    Args:
+        out: run folder (created; a dataset of the same scale and seed inside it is reused).
+        models: long-term modules to train (default ``["twinv2", "twin"]``; ``None`` from ``--all-models``
+            means every model).
+        scale: synthetic scale (default: the budget's, ``default``; ``small`` with ``quick``).
+        quick: the small budget (:data:`QUICK_BUDGET`).
+        budget: explicit budget (overrides ``quick``).
+    """
+    from twinv2.compress import compress_dataset, load_compressed
+    from twinv2.data.synth import synthesize
+    from twinv2.models import LONG_TERM_MODULES, LONG_TERM_NAMES
+    from twinv2.train._runtime import available_cores, resolve_device
+    from twinv2.train.loop import train_model
+
+    t_start = time.perf_counter()
+    console = console or Console(stderr=True)
+    device = str(resolve_device(device))
+    out = Path(out)
+    budget = budget or (QUICK_BUDGET if quick else DEFAULT_BUDGET)
+    if scale is not None and scale != budget.scale:
+        budget = dataclasses.replace(budget, scale=scale)
+    models = list(LONG_TERM_NAMES) if models is None else list(models)
+    unknown = [m for m in models if m not in LONG_TERM_NAMES]
+    if unknown or not models:
+        raise ConfigError(f"--models: unknown model {unknown[0] if unknown else '(none given)'}; valid names: "
+                          f"{', '.join(LONG_TERM_NAMES)}")
+    workers = max(1, min(budget.compress_workers, available_cores()))
+    total = 6
+    timings: dict[str, float] = {}
+
+    # 1. data ---------------------------------------------------------------------------------------------
+    t = _stage(console, 1, total, f"dataset: synthetic '{budget.scale}' scale, seed {seed}")
+    data_dir = out / "data"
+    if _synth_matches(data_dir, budget.scale, seed):
+        console.print(f"reusing {data_dir}")
+    else:
+        synthesize(data_dir, scale=budget.scale, seed=seed, progress=True)
+    ds = load_dataset(data_dir)
+    timings["data"] = time.perf_counter() - t
+
+    # 2. split --------------------------------------------------------------------------------------------
+    t = _stage(console, 2, total, "temporal split")
+    base_cfg = budget.train_config(models[0], seed, device)
+    split = TemporalSplit.from_fractions(ds.histories.ts, snapshot=base_cfg.split.snapshot,
+                                         valid=base_cfg.split.valid, test=base_cfg.split.test)
+    windows = {name: split.window(name) for name in ("train", "valid", "test")}
+    window_events = {name: int(((ds.histories.ts >= lo) & (ds.histories.ts < hi)).sum())
+                     for name, (lo, hi) in windows.items()}
+    console.print(f"snapshot {_iso(split.snapshot_ts)}; events per window: {window_events}", highlight=False)
+    timings["split"] = time.perf_counter() - t
+
+    # 3. embeddings + compression ----------------------------------------------------------------------------
+    t = _stage(console, 3, total, "item embeddings (co-occurrence) + life-cycle compression")
+    comp_dir, test_comp_dir = out / "compressed", out / "compressed_test"
+
+    def compress(folder: Path, snapshot_ts: int) -> Any:
+        try:
+            return compress_dataset(data_dir, folder, snapshot_ts, workers=workers, seed=seed, progress=True)
+        except CompressionError:
+            # A previous demo run with other parameters (scale, seed): start that folder over.
+            return compress_dataset(data_dir, folder, snapshot_ts, workers=workers, seed=seed, progress=True,
+                                    overwrite=True)
+
+    needs_clusters = any(LONG_TERM_MODULES[m].long_source == "compressed" for m in models)
+    summary = test_summary = comp = test_comp = None
+    if not needs_clusters:
+        console.print("no model of this run reads compressed life cycles: nothing to compress")
+    else:
+        summary = compress(comp_dir, split.snapshot_ts)
+        comp = load_compressed(comp_dir)
+        console.print(f"snapshot {_iso(split.snapshot_ts)} (training): {comp.manifest['num_behaviors']:,} "
+                      f"behaviors -> {comp.manifest['num_clusters']:,} virtual items "
+                      f"({comp.manifest['num_clusters'] / max(comp.manifest['num_behaviors'], 1):.1%})",
+                      highlight=False)
+        # The offline job rerun at the start of the test period: test samples see clusters of every behavior
+        # before the test window (never after a sample), like a production job on a regular cadence.
+        test_summary = compress(test_comp_dir, split.test_start_ts)
+        test_comp = load_compressed(test_comp_dir)
+        console.print(f"snapshot {_iso(split.test_start_ts)} (test): {test_comp.manifest['num_behaviors']:,} "
+                      f"behaviors -> {test_comp.manifest['num_clusters']:,} virtual items", highlight=False)
+    timings["compression"] = time.perf_counter() - t
+
+    # 4. train ----------------------------------------------------------------------------------------------
+    t = _stage(console, 4, total, f"train {', '.join(models)} (L={budget.long_len}, k={budget.esu_size})")
+    runs: dict[str, Any] = {}
+    train_times: dict[str, float] = {}
+    for name in models:
+        t_model = time.perf_counter()
+        cfg = budget.train_config(name, seed, device)
+        reads_clusters = LONG_TERM_MODULES[name].long_source == "compressed"
+        runs[name] = train_model(ds, out / "models" / name, cfg, compressed=comp_dir if reads_clusters else None,
+                                 overwrite=True, console=console)
+        train_times[name] = time.perf_counter() - t_model
+    timings["train"] = time.perf_counter() - t
+
+    # 5. evaluate -------------------------------------------------------------------------------------------
+    t = _stage(console, 5, total, "evaluate on the test window")
+    reports = {name: evaluate_checkpoint(
+        runs[name].best_checkpoint, "test", dataset=ds, device=device, console=console,
+        compressed=test_comp_dir if LONG_TERM_MODULES[name].long_source == "compressed" else None)
+        for name in models}
+    test_samples = make_samples(ds, split, "test", max_samples=budget.max_test_samples, seed=0)
+    coverage = _coverage(ds, test_comp, test_samples, budget.long_len)
+    timings["evaluate"] = time.perf_counter() - t
+
+    # 6. report ---------------------------------------------------------------------------------------------
+    t = _stage(console, 6, total, "report")
+    results = {
+        "twinv2_version": __version__, "seed": seed, "device": str(device), "budget": dataclasses.asdict(budget),
+        "optim": dataclasses.asdict(base_cfg.optim),
+        "dataset": {"path": str(data_dir), "num_users": ds.manifest.num_users, "num_items": ds.manifest.num_items,
+                    "num_events": ds.manifest.num_events, "label_rate": ds.manifest.notes.get("label_rate"),
+                    "max_user_events": ds.manifest.notes.get("max_user_events")},
+        "split": {**split.to_dict(), "window_events": window_events},
+        "compression": None if comp is None else {
+            "path": str(comp_dir), "snapshot_ts": comp.snapshot_ts, "num_behaviors": comp.manifest["num_behaviors"],
+            "num_clusters": comp.manifest["num_clusters"], "embeddings": comp.manifest.get("embeddings"),
+            "cluster_config": comp.manifest.get("cluster_config"), "seconds": summary.seconds},
+        "test_compression": None if test_comp is None else {
+            "path": str(test_comp_dir), "snapshot_ts": test_comp.snapshot_ts,
+            "num_behaviors": test_comp.manifest["num_behaviors"],
+            "num_clusters": test_comp.manifest["num_clusters"], "seconds": test_summary.seconds},
+        "coverage": coverage,
+        "models": {name: {"test": reports[name], "validation": runs[name].best,
+                          "train_samples": runs[name].num_train_samples, "steps": runs[name].steps,
+                          "train_seconds": runs[name].train_seconds,
+                          "samples_per_second": runs[name].samples_per_second,
+                          "wall_seconds": train_times[name], "checkpoint": str(runs[name].best_checkpoint),
+                          "loss_curve": runs[name].loss_curve}
+                   for name in models},
+        "timings": timings,
+    }
+    plots = _plots(out / "plots", results, models)
+    timings["report"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t_start
+    report_path = write_text(out / "report.md", _report_markdown(results, plots, out))
+    summary_path = out / "summary.json"
+    write_json_atomic(summary_path, results)
+    return DemoResult(out=out, report_path=report_path, summary_path=summary_path,
+                      summary_table=_summary_table(results, models), results=results)
+
+
+def _plots(folder: Path, results: dict[str, Any], models: list[str]) -> dict[str, Path]:
+    tests = {m: results["models"][m]["test"] for m in models}
+    plots = {
+        "gauc_by_model": bar_plot(folder / "gauc_by_model.png", models, [tests[m]["gauc"] for m in models],
+                                  ylabel="test GAUC", title="Test GAUC by model (one seed)", highlight="twinv2"),
+        "gauc_by_group": grouped_bar_plot(
+            folder / "gauc_by_group.png", models, [f"{g} activity" for g in ACTIVITY_GROUPS],
+            [[tests[m]["groups"][g]["gauc"] for g in ACTIVITY_GROUPS] for m in models],
+            ylabel="test GAUC", title="Test GAUC by user-activity tertile"),
+        "loss_curves": line_plot(
+            folder / "loss_curves.png",
+            {m: ([p[0] for p in results["models"][m]["loss_curve"]], [p[1] for p in results["models"][m]["loss_curve"]])
+             for m in models}, xlabel="training step", ylabel="running log loss", title="Training loss"),
+    }
+    return plots
+
+
+def _fmt(x: Any, digits: int = 4) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _summary_table(results: dict[str, Any], models: list[str]) -> Table:
+    table = Table(title="twinv2 demo: test window")
+    for col in ("model", "AUC", "GAUC", "log loss", "GAUC high-activity", "train samples/s"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for m in models:
+        r = results["models"][m]
+        t = r["test"]
+        table.add_row(m, _fmt(t["auc"]), _fmt(t["gauc"]), _fmt(t["logloss"]), _fmt(t["groups"]["high"]["gauc"]),
+                      f"{r['samples_per_second']:.0f}")
+    return table
+
+
+def _compression_lines(results: dict[str, Any]) -> list[str]:
+    """Items 3 and 4 of the report's "What was run" list (absent when no model reads clusters)."""
+    c, tc, s = results["compression"], results["test_compression"], results["split"]
+    if c is None:
+        return ["3. **Embeddings and compression**: skipped (no model of this run reads compressed life cycles)."]
+    return [
+        f"3. **Item embeddings**: {c['embeddings']} — training-free co-occurrence embeddings from pre-snapshot "
+        "behaviors (seconds, no labels).",
+        f"4. **Compression**: clustering config {c['cluster_config']}; {c['num_behaviors']:,} pre-snapshot "
+        f"behaviors -> {c['num_clusters']:,} virtual items ({c['num_clusters'] / max(c['num_behaviors'], 1):.1%}) "
+        f"in {c['seconds']:.1f} s. These clusters serve training and validation. For the test window the same "
+        f"job is rerun at the test start ({_iso(s['test_start_ts'])}): {tc['num_behaviors']:,} behaviors -> "
+        f"{tc['num_clusters']:,} virtual items, as a production job on a regular cadence would (every behavior "
+        "in a cluster precedes every test sample).",
+    ]
+
+
+def _report_markdown(results: dict[str, Any], plots: dict[str, Path], out: Path) -> str:
+    models = list(results["models"])
+    b = results["budget"]
+    d = results["dataset"]
+    s = results["split"]
+    cov = results["coverage"]
+    tm = results["timings"]
+    rel = {k: os.path.relpath(p, out) for k, p in plots.items()}
+    first_run = results["models"][models[0]]
+    first_cfg = results["optim"]
+    lines = [
+        "# twinv2 demo report",
+        "",
+        f"`twinv2 demo` (twinv2 {results['twinv2_version']}), seed {results['seed']}, device "
+        f"{results['device']}; total time {tm.get('total', sum(tm.values())) / 60:.1f} min.",
+        "",
+        "## Results on the test window",
+        "",
+        markdown_table(
+            ["model", "AUC", "GAUC", "GAUC users / impressions", "log loss", "best valid GAUC", "train samples/s",
+             "train time"],
+            [[m, _fmt(r["test"]["auc"]), _fmt(r["test"]["gauc"]),
+              f"{r['test']['gauc_users']} / {r['test']['gauc_impressions']}", _fmt(r["test"]["logloss"]),
+              _fmt(r["validation"].get("gauc")), f"{r['samples_per_second']:.0f}",
+              f"{r['wall_seconds']:.0f} s"] for m, r in results["models"].items()]),
+        "",
+    ]
+    if "twinv2" in models and "twin" in models:
+        a, t = results["models"]["twinv2"]["test"], results["models"]["twin"]["test"]
+        lines += [
+            f"twinv2 - twin: GAUC {a['gauc'] - t['gauc']:+.4f}, AUC {a['auc'] - t['auc']:+.4f}, log loss "
+            f"{a['logloss'] - t['logloss']:+.4f}. This is one seed: differences of a few 0.001 are within "
+            "seed noise; `benchmarks/quality.py` reports mean ± std over seeds (see benchmarks/RESULTS.md).",
+            "",
+        ]
+    lines += [
+        f"![GAUC by model]({rel['gauc_by_model']})",
+        "",
+        "## By user activity",
+        "",
+        "Users of the test window are split into tertiles of their history length before the window "
+        "(thresholds over distinct users; see `twinv2.train.evaluate`).",
+        "",
+    ]
+    first = results["models"][models[0]]["test"]
+    rows = []
+    for g in ACTIVITY_GROUPS:
+        gb = first["groups"][g]
+        rows.append([g, f"{gb['history_length_min']}-{gb['history_length_max']}", gb["num_users"], gb["num_samples"]]
+                    + [_fmt(results["models"][m]["test"]["groups"][g]["gauc"]) for m in models])
+    lines += [markdown_table(["activity", "history length", "users", "samples"] + [f"GAUC {m}" for m in models],
+                             rows), "", f"![GAUC by activity group]({rel['gauc_by_group']})", ""]
+    lines += [
+        "## What was run",
+        "",
+        f"1. **Data**: synthetic life cycles, scale `{b['scale']}` (`twinv2 data synth --scale {b['scale']}`): "
+        f"{d['num_users']:,} users, {d['num_items']:,} items, {d['num_events']:,} events, label rate "
+        f"{d['label_rate']}, heaviest user {d['max_user_events']:,} events.",
+        f"2. **Split** (event-count fractions 80 / 90 / 95%): history before {_iso(s['snapshot_ts'])} (the "
+        f"compression snapshot), train until {_iso(s['valid_start_ts'])}, valid until {_iso(s['test_start_ts'])}, "
+        f"test until {_iso(s['end_ts'])}; events per window: {s['window_events']}.",
+        *_compression_lines(results),
+        f"5. **Training**: equal budgets for every model: GSU length L = {b['long_len']}, ESU size k = "
+        f"{b['esu_size']}, batch {b['batch_size']}, {b['epochs']} epoch(s) over "
+        + (f"all {first_run['train_samples']:,} events of the train window" if b["max_train_samples"] is None
+           else f"a seeded subsample of {first_run['train_samples']:,} train events")
+        + f", best checkpoint by the GAUC of {b['max_valid_samples'] or 'all'} validation samples; Adagrad "
+        f"(lr {first_cfg['embedding_lr']}) for embeddings, Adam (lr {first_cfg['dense_lr']}) for dense layers.",
+        "",
+        "**What the long sequence covers** (test samples; n = behaviors before the sample): median n "
+        f"{cov['median_history_length']:.0f}, p90 {cov['p90_history_length']:.0f}, max "
+        f"{cov['max_history_length']:.0f}; "
+        f"{cov['samples_with_history_over_L']:.1%} of samples have n > L. The L most recent raw behaviors "
+        f"cover {cov['raw_history_coverage']:.1%} of a sample's history on average"
+        + ("." if "twinv2_history_coverage" not in cov else
+           f"; twinv2's L items (raw behaviors since the test-start snapshot, then virtual items) represent "
+           f"{cov['twinv2_history_coverage']:.1%}."),
+        "",
+        f"![training loss]({rel['loss_curves']})",
+        "",
+        "## Time per stage",
+        "",
+        markdown_table(["stage", "seconds"], [[k, f"{v:.1f}"] for k, v in tm.items()]),
+        "",
+        "## Reproduce",
+        "",
+        "```",
+        f"twinv2 demo --out {out} --seed {results['seed']} --models {','.join(models)}",
+        *([f"twinv2 evaluate --checkpoint {out}/models/twinv2/best.pt --split test --compressed "
+           f"{out}/compressed_test"] if "twinv2" in models else []),
+        "```",
+        "",
+        "All numbers are in `summary.json`; each model's run folder (`models/NAME/`) holds its checkpoints, "
+        "resolved config and validation history.",
+        "",
+    ]
+    return "\n".join(lines)

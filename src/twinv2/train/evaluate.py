@@ -1,0 +1,236 @@
+"""Evaluation: predictions, AUC / GAUC / log loss overall and per user-activity group, and the embedding
+export that feeds the compression job.
+
+User-activity groups (DESIGN §3) are history-length tertiles. A user's history length is the number of
+raw behaviors they have strictly before the start of the evaluated window (one value per user, so a user
+never straddles two groups and per-group GAUC is well defined). The two thresholds are the 1/3 and 2/3
+quantiles of that length over the distinct users who appear in the evaluated samples (each user counted
+once, not weighted by impressions): ``low`` = length <= q1, ``mid`` = q1 < length <= q2, ``high`` =
+length > q2. On tie-heavy data a group can be empty; it is then reported with zero samples.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from twinv2.data.batches import BatchBuilder
+from twinv2.data.split import SPLITS, Samples, make_samples
+from twinv2.data.store import Dataset, load_dataset
+from twinv2.errors import ConfigError
+from twinv2.models import CTRModel
+from twinv2.train._progress import make_progress
+from twinv2.train._runtime import resolve_device, torch_threads
+from twinv2.train.metrics import UndefinedMetricWarning, evaluate_predictions
+
+__all__ = [
+    "ACTIVITY_GROUPS",
+    "ActivityGroups",
+    "activity_groups",
+    "evaluate_checkpoint",
+    "evaluate_samples",
+    "export_embeddings",
+    "metrics_report",
+    "predict",
+    "render_evaluation",
+]
+
+ACTIVITY_GROUPS = ("low", "mid", "high")
+
+
+@torch.inference_mode()
+def predict(model: CTRModel, builder: BatchBuilder, samples: Samples, *, batch_size: int,
+            device: torch.device, console: Console | None = None, show_progress: bool = False,
+            description: str = "evaluate") -> np.ndarray:
+    """Click probabilities for ``samples``, float64 ``[N]``, in sample order.
+
+    The sigmoid is taken in float64 so that confident predictions do not collapse into ties.
+    """
+    was_training = model.training
+    model.eval()
+    out = np.empty(len(samples), dtype=np.float64)
+    num_batches = -(-len(samples) // batch_size)
+    with make_progress(console, show=show_progress) as progress:
+        task = progress.add_task(description, total=num_batches, info="")
+        for b in range(num_batches):
+            index = np.arange(b * batch_size, min((b + 1) * batch_size, len(samples)))
+            batch = builder.build(samples, index).to(device)
+            logits = model(batch)  # [B]
+            out[index] = torch.sigmoid(logits.double()).cpu().numpy()
+            progress.advance(task)
+    model.train(was_training)
+    return out
+
+
+@dataclass
+class ActivityGroups:
+    """Activity group of every sample and how the groups were defined.
+
+    Attributes:
+        group: int8 ``[N]``, 0 = low, 1 = mid, 2 = high (index into :data:`ACTIVITY_GROUPS`).
+        history_length: int64 ``[N]``, the sample's user's behaviors before the window start.
+        thresholds: ``(q1, q2)`` history-length tertile bounds over the distinct users.
+    """
+
+    group: np.ndarray
+    history_length: np.ndarray
+    thresholds: tuple[float, float]
+
+
+def activity_groups(dataset: Dataset, samples: Samples, window_start: int) -> ActivityGroups:
+    """Assign each sample's user to a history-length tertile (see the module docstring)."""
+    h = dataset.histories
+    users = np.unique(samples.user_id)
+    user_len = h.end_before(users, np.full(len(users), window_start, dtype=np.int64)) - h.offsets[users]
+    q1, q2 = (float(q) for q in np.quantile(user_len, [1 / 3, 2 / 3]))
+    per_sample = user_len[np.searchsorted(users, samples.user_id)]
+    group = np.where(per_sample <= q1, 0, np.where(per_sample <= q2, 1, 2)).astype(np.int8)
+    return ActivityGroups(group=group, history_length=per_sample.astype(np.int64), thresholds=(q1, q2))
+
+
+def _metrics(samples: Samples, probs: np.ndarray) -> dict[str, Any]:
+    if len(samples) == 0:
+        return {"impressions": 0, "positives": 0, "positive_rate": float("nan"), "auc": float("nan"),
+                "gauc": float("nan"), "gauc_users": 0, "gauc_impressions": 0, "gauc_users_skipped": 0,
+                "gauc_impressions_skipped": 0, "log_loss": float("nan")}
+    with warnings.catch_warnings():
+        # A one-class slice (tiny group) has an undefined AUC; the report shows nan and the counts.
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        return evaluate_predictions(samples.user_id, samples.label, probs)
+
+
+def metrics_report(dataset: Dataset, samples: Samples, probs: np.ndarray, window_start: int) -> dict[str, Any]:
+    """Overall metrics plus one block per activity group (JSON-ready).
+
+    Keys: ``num_samples``, ``num_users``, ``auc``, ``gauc``, ``gauc_users``, ``gauc_impressions``,
+    ``logloss`` (plus the other counts of :func:`~twinv2.train.metrics.evaluate_predictions`),
+    ``group_thresholds`` and ``groups`` = {``low``, ``mid``, ``high``} each with the same metric keys and
+    ``history_length_min``/``max`` (None for an empty group).
+    """
+    def block(sel: Samples, p: np.ndarray) -> dict[str, Any]:
+        m = _metrics(sel, p)
+        m["logloss"] = m.pop("log_loss")
+        m["num_samples"] = len(sel)
+        m["num_users"] = len(np.unique(sel.user_id))
+        return m
+
+    groups = activity_groups(dataset, samples, window_start)
+    report = block(samples, probs)
+    report["group_thresholds"] = list(groups.thresholds)
+    report["groups"] = {}
+    for g, name in enumerate(ACTIVITY_GROUPS):
+        sel = groups.group == g
+        b = block(samples.subset(sel), probs[sel])
+        lengths = groups.history_length[sel]
+        b["history_length_min"] = int(lengths.min()) if lengths.size else None
+        b["history_length_max"] = int(lengths.max()) if lengths.size else None
+        report["groups"][name] = b
+    return report
+
+
+def evaluate_samples(model: CTRModel, builder: BatchBuilder, samples: Samples, window_start: int, *,
+                     batch_size: int, device: torch.device, console: Console | None = None,
+                     show_progress: bool = False, description: str = "evaluate") -> dict[str, Any]:
+    """Predict ``samples`` and compute :func:`metrics_report`, adding ``seconds``."""
+    t0 = time.perf_counter()
+    probs = predict(model, builder, samples, batch_size=batch_size, device=device, console=console,
+                    show_progress=show_progress, description=description)
+    report = metrics_report(builder.dataset, samples, probs, window_start)
+    report["seconds"] = time.perf_counter() - t0
+    return report
+
+
+def evaluate_checkpoint(checkpoint: str | os.PathLike, split: str = "test", *,
+                        dataset: str | os.PathLike | Dataset | None = None,
+                        compressed: str | os.PathLike | None = None, batch_size: int | None = None,
+                        max_samples: int | None = None, device: str = "auto", seed: int = 0,
+                        num_threads: int = 0, console: Console | None = None,
+                        show_progress: bool = True) -> dict[str, Any]:
+    """Evaluate a checkpoint on one window of its own temporal split.
+
+    Args:
+        checkpoint: a ``.pt`` file written by training.
+        split: ``"train"``, ``"valid"`` or ``"test"``.
+        dataset: the dataset (folder or loaded); default: the path stored in the checkpoint. Its manifest
+            must match the checkpoint's (:class:`~twinv2.errors.CheckpointError` otherwise).
+        compressed: compressed life cycles for ``twinv2`` (default: the folder used in training). Any
+            snapshot up to the start of the evaluated window is allowed, e.g. clusters refreshed at the test
+            start (the offline job rerun before the test period).
+        max_samples: seeded subsample of the window (``None`` = the config's ``data.max_test_samples`` for
+            the test window, all events otherwise).
+        num_threads: torch threads (0 = every core but one, see :func:`default_num_threads`).
+    Returns:
+        :func:`metrics_report` plus ``split``, ``model``, ``checkpoint``, ``seconds``.
+    """
+    from twinv2.train.checkpoint import check_dataset_matches, load_checkpoint
+    from twinv2.train.loop import open_compressed
+
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r}; expected one of {SPLITS}")
+    dev = resolve_device(device)
+    model, info = load_checkpoint(checkpoint, device=dev)
+    if not isinstance(dataset, Dataset):
+        dataset = load_dataset(dataset if dataset is not None else info.dataset_path)
+    check_dataset_matches(info, dataset)
+    comp = None
+    if info.sequence_config.long_source == "compressed":
+        comp_path = compressed if compressed is not None else info.compressed_path
+        comp = open_compressed(comp_path, dataset, info.split.window(split)[0], window=split,
+                               model_name=info.config.model.long_term)
+    builder = BatchBuilder(dataset, info.sequence_config, comp)
+    if max_samples is None and split == "test":
+        max_samples = info.config.data.max_test_samples
+    samples = make_samples(dataset, info.split, split, max_samples=max_samples, seed=seed)
+    lo, _ = info.split.window(split)
+    with torch_threads(num_threads):
+        report = evaluate_samples(model, builder, samples, lo,
+                                  batch_size=batch_size or info.config.train.eval_batch_size, device=dev,
+                                  console=console, show_progress=show_progress,
+                                  description=f"evaluate {info.config.model.long_term} on {split}")
+    return {"split": split, "model": info.config.model.long_term, "checkpoint": str(Path(checkpoint)),
+            **report}
+
+
+def export_embeddings(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Write a checkpoint's item embedding table as an embedding file the compression job reads
+    (``--embeddings FILE``): ``.parquet`` (``item_id``, ``embedding``) or ``.npy`` (+ ``.ids.npy``).
+
+    The rows are the dataset's dense items ``1..num_items`` (the padding row 0 is left out), float32
+    ``[num_items, id_dim]``.
+    """
+    from twinv2.compress.embeddings import write_embedding_file
+    from twinv2.train.checkpoint import read_checkpoint
+
+    payload = read_checkpoint(checkpoint)
+    table = payload["item_embeddings"].numpy()  # [num_items + 1, id_dim]
+    ids = np.arange(1, table.shape[0], dtype=np.int64)
+    return write_embedding_file(out, ids, table[1:])
+
+
+def render_evaluation(report: dict[str, Any]):
+    """A rich table of :func:`evaluate_checkpoint`'s report: overall row, then one row per activity group."""
+    from rich.table import Table
+
+    table = Table(title=f"{report.get('model', '')} on {report.get('split', '')} "
+                        f"({report['num_samples']} samples, {report['num_users']} users)")
+    for col in ("slice", "history length", "samples", "AUC", "GAUC", "GAUC users / impressions", "log loss"):
+        table.add_column(col, justify="left" if col == "slice" else "right")
+
+    def row(name: str, b: dict[str, Any], lengths: str) -> None:
+        table.add_row(name, lengths, str(b["num_samples"]), f"{b['auc']:.4f}", f"{b['gauc']:.4f}",
+                      f"{b['gauc_users']} / {b['gauc_impressions']}", f"{b['logloss']:.4f}")
+
+    row("all", report, "")
+    for name in ACTIVITY_GROUPS:
+        b = report["groups"][name]
+        lengths = "" if b["history_length_min"] is None else f"{b['history_length_min']}-{b['history_length_max']}"
+        row(name, b, lengths)
+    return table

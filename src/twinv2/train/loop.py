@@ -1,0 +1,504 @@
+"""The training loop: one function, :func:`train_model`, used by ``twinv2 train``, the demo and the
+benchmarks.
+
+What a run does:
+
+1. the temporal split (:meth:`TemporalSplit.from_fractions` on the event timestamps, fractions from the
+   config), training samples from the train window (seeded subsample of ``data.max_train_samples``) and
+   validation samples from the valid window;
+2. batches sliced from the CSR histories by :class:`BatchBuilder` with
+   ``SequenceConfig(long_len=L, short_len=model.short_len, long_source=model.long_source())``;
+3. embedding tables and dense parameters optimised separately (Adagrad + Adam by default, as in the
+   papers), binary cross-entropy on the logits, optional gradient clipping of the dense parameters;
+4. validation GAUC after every epoch (or every ``train.eval_every`` steps); ``best.pt`` is rewritten on
+   improvement, ``last.pt`` at every validation; training stops after ``train.patience`` validations
+   without improvement;
+5. Ctrl-C finishes the current step, writes ``last.pt`` with the position inside the epoch and stops;
+   ``resume=True`` continues from ``last.pt`` exactly (the epoch order is derived from (seed, epoch), the
+   torch RNG state and the optimiser states are restored).
+
+The run folder holds ``config.yaml`` (resolved config), ``best.pt``, ``last.pt`` and ``history.json``
+(validations and the running-loss curve).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from rich.console import Console
+from torch import nn
+
+from twinv2._io import atomic_file, write_json_atomic
+from twinv2.data.batches import BatchBuilder, SequenceConfig
+from twinv2.data.split import TemporalSplit, make_samples
+from twinv2.data.store import Dataset, load_dataset
+from twinv2.errors import CheckpointError, CompressionError, ConfigError
+from twinv2.models import build_model
+from twinv2.train._progress import make_progress
+from twinv2.train._runtime import resolve_device, torch_threads
+from twinv2.train.checkpoint import (
+    check_dataset_matches,
+    dataset_identity,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
+from twinv2.train.config import TrainConfig, config_from_dict, config_to_dict
+from twinv2.train.evaluate import evaluate_samples
+
+__all__ = ["RESUMABLE_KEYS", "TrainResult", "config_for_resume", "make_split", "open_compressed", "run_training",
+           "split_parameters", "train_model"]
+
+BEST_FILE, LAST_FILE, HISTORY_FILE, CONFIG_FILE = "best.pt", "last.pt", "history.json", "config.yaml"
+# Config keys that may change between a run and its resumption (they do not change the trajectory up to
+# the point where the run stopped).
+RESUMABLE_KEYS = ("train.epochs", "train.patience", "train.device", "train.num_threads",
+                  "train.eval_batch_size", "train.max_steps")
+_LOSS_POINTS = 200  # about this many points of running loss are kept for the loss curve
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced.
+
+    Attributes:
+        history: one dict per validation (epoch, step, train_loss and the validation metrics).
+        best: the validation metrics of the best checkpoint (empty when no validation ran).
+        loss_curve: ``[step, running loss]`` pairs.
+    """
+
+    out_dir: Path
+    best_checkpoint: Path
+    last_checkpoint: Path
+    history: list[dict[str, Any]]
+    best: dict[str, Any]
+    loss_curve: list[list[float]]
+    steps: int
+    epochs_completed: int
+    stopped_early: bool
+    interrupted: bool
+    num_train_samples: int
+    num_valid_samples: int
+    train_seconds: float
+    samples_per_second: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def make_split(dataset: Dataset, config: TrainConfig) -> TemporalSplit:
+    """The temporal split of ``dataset`` at the config's event-count fractions."""
+    s = config.split
+    return TemporalSplit.from_fractions(dataset.histories.ts, snapshot=s.snapshot, valid=s.valid, test=s.test)
+
+
+def open_compressed(path: str | os.PathLike | None, dataset: Dataset, window_start: int, *,
+                    model_name: str, window: str = "train") -> Any:
+    """Load compressed life cycles for ``dataset`` and check that they belong to it and may be used for
+    samples from ``window_start`` on.
+
+    Clusters may only hold behaviors before every sample they serve, so the compression snapshot must not
+    be later than ``window_start`` (the start of the train window when training; of the evaluated window
+    when evaluating: clusters refreshed at the test start serve the test window without leakage).
+
+    Raises:
+        ConfigError: no folder given for a model that reads compressed life cycles.
+        CompressionError: the folder was built from another dataset, or its snapshot is later than
+            ``window_start``.
+    """
+    from twinv2.compress import load_compressed
+
+    if path is None:
+        raise ConfigError(f"model '{model_name}' reads compressed life cycles: pass --compressed DIR "
+                          "(a folder written by `twinv2 compress` for this dataset)")
+    comp = load_compressed(path)
+    meta = comp.manifest
+    # The job records the dataset it read; compare the identity a checkpoint is checked against (the
+    # fields the job records), then the strongest cheap check: every user's clusters hold exactly the
+    # user's behaviors before the snapshot.
+    recorded = dict(meta.get("job", {}).get("dataset", {}))
+    recorded.setdefault("fingerprint", meta.get("dataset_fingerprint"))
+    recorded.setdefault("num_users", len(comp.offsets) - 1)
+    expected = dataset_identity(dataset.manifest)
+    differs = [k for k in expected if k in recorded and recorded[k] != expected[k]]
+    h = dataset.histories
+    if not differs and len(comp.offsets) == h.num_users + 1:
+        users = np.arange(h.num_users, dtype=np.int64)
+        before = h.end_before(users, np.full(h.num_users, comp.snapshot_ts, dtype=np.int64)) - h.offsets[:-1]
+        members = np.concatenate([[0], np.cumsum(comp.cluster_size)])[comp.offsets]
+        bad = np.flatnonzero(np.diff(members) != before)
+        if bad.size:
+            u = int(bad[0])
+            raise CompressionError(
+                f"{path}: compressed life cycles of another dataset ({meta.get('dataset_path', 'unknown path')}): "
+                f"user {u} has {int(before[u])} behaviors before the snapshot in {dataset.path} but its clusters "
+                f"hold {int(members[u + 1] - members[u])} ({bad.size} users differ); rerun `twinv2 compress` on "
+                "this dataset")
+    if differs:
+        key = differs[0]
+        raise CompressionError(
+            f"{path}: compressed life cycles of another dataset ({meta.get('dataset_path', 'unknown path')}): "
+            f"'{key}' is {recorded[key]!r} there and {expected[key]!r} in {dataset.path}; rerun "
+            "`twinv2 compress` on this dataset")
+    if comp.snapshot_ts > window_start:
+        raise CompressionError(
+            f"{path}: compression snapshot {comp.snapshot_ts} is after the start of the {window} window "
+            f"{window_start}: its clusters would hold behaviors later than the first {window} samples; compress "
+            f"with --snapshot-ts <= {window_start}")
+    return comp
+
+
+def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(embedding-table parameters, dense parameters), each parameter in exactly one list.
+
+    Uses ``model.embedding_parameters()`` when the model defines it, else every ``nn.Embedding`` weight.
+    """
+    if hasattr(model, "embedding_parameters"):
+        emb = list(model.embedding_parameters())
+    else:
+        emb = [m.weight for m in model.modules() if isinstance(m, nn.Embedding)]
+    emb_ids = {id(p) for p in emb}
+    dense = [p for p in model.parameters() if id(p) not in emb_ids]
+    emb = [p for p in emb if p.requires_grad]
+    return emb, [p for p in dense if p.requires_grad]
+
+
+def _optimizer(name: str, params: list[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adagrad":
+        return torch.optim.Adagrad(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+
+
+class _StopFlag:
+    """Ctrl-C sets a flag checked between steps, so the run stops at a clean point and saves ``last.pt``.
+    A second Ctrl-C interrupts immediately."""
+
+    def __init__(self) -> None:
+        self.set = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.set:
+            raise KeyboardInterrupt
+        self.set = True
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _diff_keys(a: TrainConfig, b: TrainConfig) -> list[str]:
+    da, db = config_to_dict(a), config_to_dict(b)
+    return [f"{s}.{k}" for s in da for k in da[s] if da[s][k] != db[s][k]]
+
+
+def _epoch_order(num_samples: int, seed: int, epoch: int) -> np.ndarray:
+    """The shuffled sample order of one epoch, a function of (seed, epoch) only (so resuming can rebuild it)."""
+    return np.random.default_rng([seed, epoch]).permutation(num_samples)
+
+
+def _write_config(path: Path, config: TrainConfig, extra: dict[str, Any]) -> None:
+    with atomic_file(path, "w") as fh:
+        fh.write("# Resolved training config (every key); reuse with --config.\n")
+        for key, value in extra.items():
+            fh.write(f"# {key}: {value}\n")
+        yaml.safe_dump(config_to_dict(config), fh, sort_keys=False)
+
+
+def train_model(dataset: str | os.PathLike | Dataset, out: str | os.PathLike, config: TrainConfig, *,
+                compressed: str | os.PathLike | None = None, resume: bool = False, overwrite: bool = False,
+                show_progress: bool = True, console: Console | None = None) -> TrainResult:
+    """Train ``config.model.long_term`` on ``dataset`` and write a run folder at ``out``.
+
+    Args:
+        dataset: dataset folder or a loaded :class:`Dataset`.
+        out: run folder (created); holds ``best.pt``, ``last.pt``, ``history.json``, ``config.yaml``.
+        config: the full config; with ``resume`` it must equal the saved one except for
+            :data:`RESUMABLE_KEYS`.
+        compressed: compressed life-cycle folder, required by models that read them (``twinv2``).
+        resume: continue from ``out/last.pt``.
+        overwrite: allow writing into a folder that already holds a run (without resuming it).
+    Raises:
+        ConfigError, CompressionError, CheckpointError, DataValidationError (empty split).
+    """
+    out = Path(out)
+    console = console or Console(stderr=True)
+    last_path, best_path = out / LAST_FILE, out / BEST_FILE
+    if not isinstance(dataset, Dataset):
+        dataset = load_dataset(dataset)
+    manifest = dataset.manifest
+
+    saved: dict[str, Any] | None = None
+    if resume:
+        if not last_path.is_file():
+            raise CheckpointError(f"{last_path}: nothing to resume (no last checkpoint in {out})")
+        _, info = load_checkpoint(last_path)
+        check_dataset_matches(info, dataset)
+        changed = [k for k in _diff_keys(info.config, config) if k not in RESUMABLE_KEYS]
+        if changed:
+            raise ConfigError(f"--resume: the config differs from the run in {out} in {', '.join(changed)} "
+                              f"(only {', '.join(RESUMABLE_KEYS)} may change)")
+        saved = read_checkpoint(last_path)
+        if compressed is None:
+            compressed = info.compressed_path
+        split = info.split
+    elif last_path.exists() and not overwrite:
+        raise FileExistsError(f"{out} already holds a training run; pass --resume to continue it or choose "
+                              "another --out")
+    else:
+        split = make_split(dataset, config)
+
+    device = resolve_device(config.train.device)
+    max_steps = config.train.max_steps
+    model_name = config.model.long_term
+    seed = config.train.seed
+    with torch_threads(config.train.num_threads) as threads:
+        torch.manual_seed(seed)
+        model = build_model(config.model, manifest, dataset.items).to(device)
+        seq = SequenceConfig(long_len=config.data.long_len, short_len=config.model.short_len,
+                             long_source=model.long_source())
+        comp = None
+        if seq.long_source == "compressed":
+            comp = open_compressed(compressed, dataset, split.snapshot_ts, model_name=model_name)
+        elif compressed is not None and not resume:
+            console.print(f"note: model '{model_name}' reads raw behaviors; --compressed is ignored")
+            compressed = None
+        builder = BatchBuilder(dataset, seq, comp)
+        train_samples = make_samples(dataset, split, "train", max_samples=config.data.max_train_samples, seed=seed)
+        valid_samples = make_samples(dataset, split, "valid", max_samples=config.data.max_valid_samples,
+                                     seed=seed)
+        valid_start, _ = split.window("valid")
+
+        emb_params, dense_params = split_parameters(model)
+        opt_emb = _optimizer(config.optim.embedding, emb_params, config.optim.embedding_lr,
+                             config.optim.weight_decay) if emb_params else None
+        opt_dense = _optimizer(config.optim.dense, dense_params, config.optim.dense_lr, config.optim.weight_decay)
+
+        state: dict[str, Any] = {"epoch": 0, "batch_in_epoch": 0, "step": 0, "best_gauc": -math.inf,
+                                 "best_step": -1, "bad_validations": 0, "stopped_early": False,
+                                 "history": [], "loss_curve": [], "train_seconds": 0.0, "samples_seen": 0,
+                                 "running_loss": None, "best": {}}
+        if saved is not None:
+            ts = saved["train_state"]
+            model.load_state_dict(saved["model_state"])
+            for key in state:
+                if key in ts:
+                    state[key] = ts[key]
+            if opt_emb is not None:
+                opt_emb.load_state_dict(ts["optimizer_embedding"])
+            opt_dense.load_state_dict(ts["optimizer_dense"])
+            torch.set_rng_state(ts["torch_rng"])
+            if device.type == "cuda" and "cuda_rng" in ts:
+                torch.cuda.set_rng_state(ts["cuda_rng"], device)
+            # A larger patience given on resumption may allow a stopped run to continue.
+            state["stopped_early"] = (config.train.patience > 0
+                                      and state["bad_validations"] >= config.train.patience)
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            for stale in (best_path, last_path, out / HISTORY_FILE):
+                stale.unlink(missing_ok=True)
+        _write_config(out / CONFIG_FILE, config, {"dataset": dataset.path.resolve(),
+                                                  "compressed": compressed, "split": split.to_dict()})
+
+        def snapshot() -> dict[str, Any]:
+            ts = {k: v for k, v in state.items()}
+            ts["optimizer_dense"] = opt_dense.state_dict()
+            if opt_emb is not None:
+                ts["optimizer_embedding"] = opt_emb.state_dict()
+            ts["torch_rng"] = torch.get_rng_state()
+            if device.type == "cuda":
+                ts["cuda_rng"] = torch.cuda.get_rng_state(device)
+            return ts
+
+        def save(path: Path) -> None:
+            save_checkpoint(path, model, config=config, sequence_config=seq, split=split, dataset=dataset,
+                            compressed_path=compressed, train_state=snapshot())
+
+        def validate() -> bool:
+            """Validate, update best/last checkpoints; True when early stopping says stop."""
+            report = evaluate_samples(model, builder, valid_samples, valid_start,
+                                      batch_size=config.train.eval_batch_size, device=device)
+            model.train()
+            entry = {"epoch": state["epoch"], "step": state["step"], "train_loss": state["running_loss"],
+                     "auc": report["auc"], "gauc": report["gauc"], "logloss": report["logloss"],
+                     "gauc_users": report["gauc_users"], "seconds": report["seconds"]}
+            state["history"].append(entry)
+            gauc = report["gauc"]
+            improved = not math.isnan(gauc) and gauc > state["best_gauc"]
+            if improved or not best_path.exists():
+                state["best_gauc"] = gauc if not math.isnan(gauc) else state["best_gauc"]
+                state["best_step"] = state["step"]
+                state["best"] = dict(entry)
+                state["bad_validations"] = 0
+            else:
+                state["bad_validations"] += 1
+            patience = config.train.patience
+            stop = patience > 0 and state["bad_validations"] >= patience
+            state["stopped_early"] = stop
+            if improved or not best_path.exists():
+                save(best_path)
+            save(last_path)
+            write_json_atomic(out / HISTORY_FILE, {"model": model_name, "validations": state["history"],
+                                                   "loss_curve": state["loss_curve"]})
+            console.print(f"  validation step {state['step']}: GAUC {gauc:.4f}  AUC {report['auc']:.4f}  "
+                          f"logloss {report['logloss']:.4f}" + ("  (best)" if improved else ""),
+                          highlight=False)
+            return stop
+
+        n = len(train_samples)
+        bs = config.train.batch_size
+        batches_per_epoch = -(-n // bs)
+        total_steps = batches_per_epoch * config.train.epochs
+        if max_steps is not None:
+            total_steps = min(total_steps, max_steps)
+        curve_every = max(1, total_steps // _LOSS_POINTS)
+        interrupted = False
+        model.train()
+        console.print(f"training {model_name}: {n} samples, {batches_per_epoch} batches of {bs} per epoch, "
+                      f"{config.train.epochs} epoch(s), L={seq.long_len}, k={config.model.esu_size}, "
+                      f"device {device}, {threads} thread(s); {len(valid_samples)} validation samples",
+                      highlight=False)
+        with _StopFlag() as stop_flag, make_progress(console, show=show_progress) as progress:
+            task = progress.add_task(f"train {model_name}", total=total_steps, completed=state["step"], info="")
+            while state["epoch"] < config.train.epochs and not state["stopped_early"]:
+                if max_steps is not None and state["step"] >= max_steps:
+                    break
+                order = _epoch_order(n, seed, state["epoch"])
+                budget_hit = False
+                t0 = time.perf_counter()
+                while state["batch_in_epoch"] < batches_per_epoch:
+                    if max_steps is not None and state["step"] >= max_steps:
+                        budget_hit = True
+                        break
+                    b = state["batch_in_epoch"]
+                    batch = builder.build(train_samples, order[b * bs:(b + 1) * bs]).to(device)
+                    logits = model(batch)  # [B]
+                    loss = F.binary_cross_entropy_with_logits(logits, batch.label)
+                    opt_dense.zero_grad(set_to_none=True)
+                    if opt_emb is not None:
+                        opt_emb.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if config.optim.grad_clip is not None:
+                        torch.nn.utils.clip_grad_norm_(dense_params, config.optim.grad_clip)
+                    opt_dense.step()
+                    if opt_emb is not None:
+                        opt_emb.step()
+                    value = float(loss.detach())
+                    if not math.isfinite(value):
+                        raise ConfigError(f"training diverged at step {state['step']} (loss {value}); lower "
+                                          "optim.dense_lr / optim.embedding_lr or set optim.grad_clip")
+                    run = state["running_loss"]
+                    state["running_loss"] = value if run is None else 0.98 * run + 0.02 * value
+                    state["step"] += 1
+                    state["batch_in_epoch"] += 1
+                    state["samples_seen"] += len(batch)
+                    if state["step"] % curve_every == 0:
+                        state["loss_curve"].append([state["step"], state["running_loss"]])
+                    progress.update(task, advance=1, info=f"loss {state['running_loss']:.4f} "
+                                    f"epoch {state['epoch'] + 1}/{config.train.epochs}")
+                    if stop_flag.set:
+                        break
+                    if (config.train.eval_every and state["step"] % config.train.eval_every == 0
+                            and state["batch_in_epoch"] < batches_per_epoch):
+                        state["train_seconds"] += time.perf_counter() - t0
+                        stop = validate()
+                        t0 = time.perf_counter()
+                        if stop:
+                            break
+                state["train_seconds"] += time.perf_counter() - t0
+                if stop_flag.set:
+                    interrupted = True
+                    save(last_path)
+                    console.print(f"interrupted at step {state['step']}: saved {last_path}; rerun with "
+                                  "--resume to continue")
+                    break
+                if state["stopped_early"]:
+                    break
+                if budget_hit or state["batch_in_epoch"] < batches_per_epoch:
+                    validate()
+                    break
+                state["epoch"] += 1
+                state["batch_in_epoch"] = 0
+                if validate():
+                    break
+
+    if interrupted:
+        raise KeyboardInterrupt
+    secs = state["train_seconds"]
+    return TrainResult(
+        out_dir=out, best_checkpoint=best_path, last_checkpoint=last_path, history=list(state["history"]),
+        best=dict(state["best"]), loss_curve=[list(p) for p in state["loss_curve"]], steps=state["step"],
+        epochs_completed=state["epoch"], stopped_early=bool(state["stopped_early"]), interrupted=interrupted,
+        num_train_samples=n, num_valid_samples=len(valid_samples), train_seconds=secs,
+        samples_per_second=state["samples_seen"] / secs if secs > 0 else float("nan"),
+    )
+
+
+def config_for_resume(out: str | os.PathLike) -> TrainConfig:
+    """The config saved in ``out/last.pt`` (what ``twinv2 train --resume`` starts from)."""
+    payload = read_checkpoint(Path(out) / LAST_FILE)
+    return config_from_dict(payload["train_config"], source=f"{Path(out) / LAST_FILE} (train_config)")
+
+
+def run_training(out: str | os.PathLike, *, dataset: str | os.PathLike | None = None, model: str | None = None,
+                 compressed: str | os.PathLike | None = None, config_file: str | os.PathLike | None = None,
+                 overrides: list[str] | None = None, options: dict[str, Any] | None = None,
+                 resume: bool = False, overwrite: bool = False, show_progress: bool = True,
+                 console: Console | None = None) -> TrainResult:
+    """What ``twinv2 train`` does: resolve the config, then :func:`train_model`.
+
+    The config is built in this order, later steps winning: the saved config of ``out/last.pt`` (with
+    ``resume``) or the defaults; ``config_file``; ``model`` (sets ``model.long_term``); ``options``
+    (``{"section.key": value}`` from explicit command-line options, ``None`` values skipped);
+    ``overrides`` (``section.key=value`` strings from ``--set``). With ``resume``, ``dataset`` and
+    ``compressed`` default to the paths stored in the checkpoint.
+    """
+    from twinv2.train.config import apply_overrides, load_config
+
+    base = None
+    if resume:
+        last = Path(out) / LAST_FILE
+        if not last.is_file():
+            raise CheckpointError(f"{last}: nothing to resume (no last checkpoint in {out})")
+        payload = read_checkpoint(last)
+        base = config_from_dict(payload["train_config"], source=f"{last} (train_config)")
+        dataset = dataset if dataset is not None else payload["dataset_path"]
+        compressed = compressed if compressed is not None else payload.get("compressed_path")
+    config = load_config(config_file, base=base)
+    explicit = {k: v for k, v in (options or {}).items() if v is not None}
+    if model is not None:
+        explicit["model.long_term"] = model
+    if explicit:
+        config = apply_overrides(config, explicit, source="command-line options")
+    if overrides:
+        config = apply_overrides(config, overrides)
+    if dataset is None:
+        raise ConfigError("--dataset DIR is required (unless --resume continues a run that names it)")
+    if model is None and not resume and config_file is None and not any(
+            o.startswith("model.long_term=") for o in overrides or []):
+        raise ConfigError(f"--model NAME is required; one of {', '.join(_model_names())}")
+    return train_model(dataset, out, config, compressed=compressed, resume=resume, overwrite=overwrite,
+                       show_progress=show_progress, console=console)
+
+
+def _model_names() -> tuple[str, ...]:
+    from twinv2.models.config import LONG_TERM_NAMES
+
+    return LONG_TERM_NAMES
