@@ -57,7 +57,7 @@ def test_end_before_is_strict_and_matches_bruteforce(tiny_dataset_dir):
         (lambda it, ev: (it, ev.set_column(ev.schema.get_field_index("play_time"), "play_time",
                                            pc.multiply(ev.column("play_time"), pa.scalar(-1.0, pa.float32())))),
          "play_time", "non-negative"),
-        (lambda it, ev: (it.set_column(0, "item_id", pa.array([1, 1] + list(range(3, it.num_rows + 1)),
+        (lambda it, ev: (it.set_column(0, "item_id", pa.array([1, 1, *range(3, it.num_rows + 1)],
                                                                pa.int64())), ev), "item_id", "unique"),
         (lambda it, ev: (it, ev.set_column(ev.schema.get_field_index("completion_ratio"), "completion_ratio",
                                            pa.array(np.full(ev.num_rows, np.nan, np.float32)))),
@@ -104,7 +104,7 @@ def test_streaming_writer_equals_single_write(tmp_path):
 def test_load_dataset_reports_corrupt_offsets(tmp_path):
     out = make_tiny_dataset(tmp_path / "ds")
     np.save(out / "user_offsets.npy", np.array([0, 1, 2]))
-    with pytest.raises(DataValidationError, match="user_offsets.npy"):
+    with pytest.raises(DataValidationError, match=r"user_offsets\.npy"):
         load_dataset(out)
 
 
