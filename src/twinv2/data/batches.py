@@ -124,7 +124,15 @@ class BatchBuilder:
             if missing:
                 raise DataValidationError("compressed clusters", f"mean_{missing[0]}",
                                           "a mean for every cross feature of the dataset")
-            self._cluster_channels = np.stack([compressed.means[n] for n in names], axis=1).astype(np.float32)
+            cluster_channels = np.stack([compressed.means[n] for n in names], axis=1).astype(np.float32)
+            # Raw events and virtual items in one table each (rows 0..E-1 raw, E.. clusters), so a compressed
+            # sequence is one gather per array instead of a select over two sources.
+            self._num_events = len(h.item_id)
+            self._mixed_item = np.concatenate([h.item_id, compressed.rep_item_id]).astype(np.int64)
+            self._mixed_size = np.concatenate([np.ones(len(h.item_id), np.float32),
+                                               compressed.cluster_size.astype(np.float32)])
+            self._mixed_ts = np.concatenate([h.ts.astype(np.float64), compressed.mean_ts.astype(np.float64)])
+            self._mixed_channels = np.concatenate([self._event_channels, cluster_channels])
 
     # -- slicing -------------------------------------------------------------------------------------
     def _raw_rows(self, lo: np.ndarray, end: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -159,18 +167,14 @@ class BatchBuilder:
         num_clusters = np.minimum(c_hi - c.offsets[users], L - num_raw)  # [B] virtual items that fit
         pos = np.arange(L, dtype=np.int64)[None, :]                    # [1, L]
         is_raw = pos < num_raw[:, None]
-        is_cluster = (~is_raw) & (pos < (num_raw + num_clusters)[:, None])
-        raw_rows = np.where(is_raw, end[:, None] - 1 - pos, 0)
-        cluster_rows = np.where(is_cluster, c_hi[:, None] - 1 - (pos - num_raw[:, None]), 0)
-
-        item = np.where(is_raw, h.item_id[raw_rows], np.where(is_cluster, c.rep_item_id[cluster_rows], 0))
-        size = np.where(is_raw, 1.0, np.where(is_cluster, c.cluster_size[cluster_rows], 0.0)).astype(np.float32)
-        behavior_ts = np.where(is_raw, h.ts[raw_rows].astype(np.float64), c.mean_ts[cluster_rows])
-        gap = np.where(is_raw | is_cluster, ts[:, None] - behavior_ts, 0.0).astype(np.float32)
-        channels = np.where(is_raw[..., None], self._event_channels[raw_rows],
-                            self._cluster_channels[cluster_rows])
-        cross = np.concatenate([channels, gap[..., None]], axis=2).astype(np.float32)
-        mask = is_raw | is_cluster
+        mask = pos < (num_raw + num_clusters)[:, None]
+        # Row in the mixed tables: raw event end-1-pos, or cluster c_hi-1-(pos-num_raw) shifted past the events.
+        rows = np.where(is_raw, end[:, None] - 1 - pos, self._num_events + c_hi[:, None] - 1 - (pos - num_raw[:, None]))
+        rows = np.where(mask, rows, 0)
+        item = np.where(mask, self._mixed_item[rows], 0)
+        size = np.where(mask, self._mixed_size[rows], 0.0).astype(np.float32)
+        gap = np.where(mask, ts[:, None] - self._mixed_ts[rows], 0.0).astype(np.float32)
+        cross = np.concatenate([self._mixed_channels[rows], gap[..., None]], axis=2)
         cross[~mask] = 0.0
         return SequenceBatch(torch.from_numpy(item), torch.from_numpy(cross), torch.from_numpy(size),
                              torch.from_numpy(mask))
