@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from twinv2._io import save_npy_atomic, write_json_atomic
+from twinv2._progress import make_progress
 from twinv2.compress.cluster import ClusterConfig, assign_incremental, cluster_life_cycle
 from twinv2.compress.embeddings import EmbeddingSource, ItemEmbeddingTable, item_embedding_table
 from twinv2.compress.store import (
@@ -386,23 +387,6 @@ def _finish(out: Path, params: dict[str, Any], num_users: int, users_per_part: i
     return len(all_users), behaviors
 
 
-def _make_progress(enabled: bool) -> Any:
-    """A rich progress bar over users, on stderr (disabled: a no-op with the same interface)."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("users"), TimeElapsedColumn(), TimeRemainingColumn(),
-                    console=Console(stderr=True), disable=not enabled, transient=False)
-
-
 def _part_tasks(ds: Dataset, lo_rows: np.ndarray, hi_rows: np.ndarray, parts: list[int], users_per_part: int,
                 out: Path, base: Path | None = None, group_cuts: Callable[[int], np.ndarray] | None = None
                 ) -> Iterator[PartTask]:
@@ -459,8 +443,8 @@ def _run(ds: Dataset, out: Path, params: dict[str, Any], comp: UserCompressor, t
                         master=spark_master)
     else:
         user_counts = {p: min((p + 1) * users_per_part, num_users) - p * users_per_part for p in pending}
-        with _make_progress(progress) as bar:
-            task_id = bar.add_task("compressing", total=sum(user_counts.values()))
+        with make_progress(show=progress) as bar:
+            task_id = bar.add_task("compressing", total=sum(user_counts.values()), info="users")
             done = 0
 
             def on_result(result: PartResult) -> None:

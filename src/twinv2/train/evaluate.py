@@ -22,12 +22,12 @@ import numpy as np
 import torch
 from rich.console import Console
 
+from twinv2._progress import make_progress
 from twinv2.data.batches import BatchBuilder
 from twinv2.data.split import SPLITS, Samples, make_samples
 from twinv2.data.store import Dataset, load_dataset
 from twinv2.errors import ConfigError
 from twinv2.models import CTRModel
-from twinv2.train._progress import make_progress
 from twinv2.train._runtime import resolve_device, torch_threads
 from twinv2.train.metrics import UndefinedMetricWarning, evaluate_predictions
 

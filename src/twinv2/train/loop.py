@@ -40,12 +40,12 @@ from rich.console import Console
 from torch import nn
 
 from twinv2._io import atomic_file, write_json_atomic
+from twinv2._progress import make_progress
 from twinv2.data.batches import BatchBuilder, SequenceConfig
 from twinv2.data.split import TemporalSplit, make_samples
 from twinv2.data.store import Dataset, load_dataset
 from twinv2.errors import CheckpointError, CompressionError, ConfigError
 from twinv2.models import build_model
-from twinv2.train._progress import make_progress
 from twinv2.train._runtime import resolve_device, torch_threads
 from twinv2.train.checkpoint import (
     check_dataset_matches,

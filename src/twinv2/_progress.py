@@ -1,4 +1,4 @@
-"""Rich progress bars shared by training, evaluation, the demo and the benchmarks."""
+"""Rich progress bars shared by compression, training, evaluation, the demo and the benchmarks."""
 
 from __future__ import annotations
 
