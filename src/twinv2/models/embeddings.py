@@ -73,7 +73,7 @@ class FeatureEmbeddings(nn.Module):
         config: the model config (dimensions and bucketisation).
         manifest: the dataset manifest (which item and cross features exist).
         items: ``Dataset.items`` (arrays indexed by item id, row 0 = padding), or None to build zero
-            placeholder tables that ``load_state_dict`` then fills (the buffers are persistent, so a
+            tables that ``load_state_dict`` then fills (the buffers are persistent, so a
             checkpoint carries them).
     Raises:
         DataValidationError: an item feature array is missing, has the wrong length or an out-of-vocab code.

@@ -341,7 +341,7 @@ def _parse_int_text(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 class RowChecks:
     """Parses and checks the columns of one batch; bad rows raise, or are dropped with ``skip_bad_rows``.
 
-    Each accessor returns a full-length array (bad entries hold a placeholder) and records which rows are
+    Each accessor returns a full-length array (bad entries hold a filler value) and records which rows are
     bad; :meth:`keep` returns the mask of rows to keep. Blank lines (all requested fields empty in a text
     file) are dropped silently and counted.
 
