@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["atomic_dir", "atomic_file", "save_figure_atomic", "save_npy_atomic", "write_json_atomic"]
+__all__ = ["atomic_dir", "atomic_file", "load_torch_dict", "save_figure_atomic", "save_npy_atomic", "write_json_atomic"]
 
 
 @contextlib.contextmanager
@@ -88,3 +88,27 @@ def save_figure_atomic(fig: Any, path: str | os.PathLike) -> Path:
         fig.savefig(fh, format="png")
     plt.close(fig)
     return path
+
+
+def load_torch_dict(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a ``torch.save``-d dict on the CPU with ``weights_only=True`` (no arbitrary code runs).
+
+    Raises:
+        CheckpointError: the file is missing, unreadable, or does not hold a dict.
+    """
+    import torch
+
+    from twinv2.errors import CheckpointError
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types (pickle, zip, runtime) for a damaged file
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        raise CheckpointError(f"{path}: not a readable checkpoint (torch.load with weights_only=True: "
+                              f"{type(exc).__name__}: {first_line})") from exc
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{path}: expected a dict, found {type(payload).__name__}")
+    return payload

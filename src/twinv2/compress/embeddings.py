@@ -225,19 +225,10 @@ def load_embedding_file(path: str | os.PathLike, ids_path: str | os.PathLike | N
 
 
 def _read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    import pickle
+    from twinv2._io import load_torch_dict
 
-    import torch
-
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such checkpoint")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a torch checkpoint loadable with weights_only=True "
-                              f"({str(exc).splitlines()[0]})") from exc
-    if not isinstance(obj, dict) or CHECKPOINT_KEY not in obj:
+    obj = load_torch_dict(path)
+    if CHECKPOINT_KEY not in obj:
         raise CheckpointError(f"{path}: expected a dict with a top-level {CHECKPOINT_KEY!r} tensor "
                               "[num_items + 1, d]")
     return obj

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from twinv2 import __version__
-from twinv2._io import atomic_file
+from twinv2._io import atomic_file, load_torch_dict
 from twinv2.data.batches import SequenceConfig
 from twinv2.data.schema import Manifest
 from twinv2.data.split import TemporalSplit
@@ -128,14 +128,8 @@ _REQUIRED_KEYS = ("format", "format_version", "model_state", "train_config", "se
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load the raw checkpoint dict (on the CPU, ``weights_only=True``) and check its format."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types (pickle, zip, runtime) for a damaged file
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+    payload = load_torch_dict(path)
+    if payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a twinv2 checkpoint (no format={CHECKPOINT_FORMAT!r} key)")
     if payload["format_version"] != CHECKPOINT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format_version {payload['format_version']}, this version "

@@ -155,15 +155,22 @@ class ItemMetadata:
 IdChunk = np.ndarray | pa.Array  # int64 numpy for canonical integer ids, else strings
 
 
+def _as_int64(text: pa.Array) -> pa.Array | None:
+    """``text`` cast to int64, or None when some value is not an integer (Arrow cannot cast it)."""
+    try:
+        return pc.cast(text, pa.int64())
+    except (pa.ArrowInvalid, pa.lib.ArrowNotImplementedError):  # non-numeric text / uncastable type
+        return None
+
+
 def compact_ids(text: pa.Array) -> IdChunk:
     """int64 numpy ``[n]`` when every id is the canonical text of an integer, else the strings unchanged.
 
     Canonical means the integer prints back to exactly the same text, so "7" and "007" (different raw ids)
     never merge. Integer ids hash and sort far faster than strings on large logs.
     """
-    try:
-        as_int = pc.cast(text, pa.int64())
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+    as_int = _as_int64(text)
+    if as_int is None:
         return text
     if len(text) and not pc.all(pc.equal(pc.cast(as_int, pa.string()), pc.cast(text, pa.string()))).as_py():
         return text
@@ -187,9 +194,8 @@ class DenseCodes:
 
 def _text_order(uniques: pa.Array) -> np.ndarray:
     """Order of unique strings: numeric when all are integers (text breaks ties), else text order."""
-    try:
-        as_int = pc.cast(uniques, pa.int64())
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+    as_int = _as_int64(uniques)
+    if as_int is None:
         return pc.sort_indices(uniques).to_numpy()
     # "7" and "007" are different raw ids with the same number: the text breaks the tie.
     table = pa.table({"n": as_int, "s": uniques})
