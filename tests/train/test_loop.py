@@ -140,6 +140,16 @@ def test_early_stopping_stops_after_patience_validations_without_improvement(dat
     assert result.best["step"] == result.history[0]["step"]
 
 
+def test_step_budget_on_an_eval_step_validates_once_and_is_not_an_early_stop(dataset, tmp_path, quiet):
+    # Regression: with eval_every dividing max_steps, the last step used to be validated twice, and the
+    # repeat (never an improvement) counted against patience.
+    cfg = tiny_config(model__long_term="avg_pool", train__max_steps=2, train__eval_every=2, train__patience=1)
+    result = train_model(dataset, tmp_path / "budget", cfg, show_progress=False, console=quiet)
+    steps = [entry["step"] for entry in result.history]
+    assert steps == [2]
+    assert not result.stopped_early
+
+
 def test_train_is_deterministic_for_a_seed(dataset, tmp_path, quiet):
     cfg = tiny_config(model__long_term="din", train__max_steps=3)
     a = train_model(dataset, tmp_path / "a", cfg, show_progress=False, console=quiet)

@@ -107,13 +107,15 @@ def _metrics(samples: Samples, probs: np.ndarray) -> dict[str, Any]:
         return evaluate_predictions(samples.user_id, samples.label, probs)
 
 
-def metrics_report(dataset: Dataset, samples: Samples, probs: np.ndarray, window_start: int) -> dict[str, Any]:
+def metrics_report(dataset: Dataset, samples: Samples, probs: np.ndarray, window_start: int, *,
+                   by_group: bool = True) -> dict[str, Any]:
     """Overall metrics plus one block per activity group (JSON-ready).
 
     Keys: ``num_samples``, ``num_users``, ``auc``, ``gauc``, ``gauc_users``, ``gauc_impressions``,
     ``logloss`` (plus the other counts of :func:`~twinv2.train.metrics.evaluate_predictions`),
     ``group_thresholds`` and ``groups`` = {``low``, ``mid``, ``high``} each with the same metric keys and
-    ``history_length_min``/``max`` (None for an empty group).
+    ``history_length_min``/``max`` (None for an empty group). ``by_group=False`` (used for validation
+    during training) skips the groups.
     """
     def block(sel: Samples, p: np.ndarray) -> dict[str, Any]:
         m = _metrics(sel, p)
@@ -122,8 +124,10 @@ def metrics_report(dataset: Dataset, samples: Samples, probs: np.ndarray, window
         m["num_users"] = len(np.unique(sel.user_id))
         return m
 
-    groups = activity_groups(dataset, samples, window_start)
     report = block(samples, probs)
+    if not by_group:
+        return report
+    groups = activity_groups(dataset, samples, window_start)
     report["group_thresholds"] = list(groups.thresholds)
     report["groups"] = {}
     for g, name in enumerate(ACTIVITY_GROUPS):
@@ -138,12 +142,13 @@ def metrics_report(dataset: Dataset, samples: Samples, probs: np.ndarray, window
 
 def evaluate_samples(model: CTRModel, builder: BatchBuilder, samples: Samples, window_start: int, *,
                      batch_size: int, device: torch.device, console: Console | None = None,
-                     show_progress: bool = False, description: str = "evaluate") -> dict[str, Any]:
+                     show_progress: bool = False, description: str = "evaluate",
+                     by_group: bool = True) -> dict[str, Any]:
     """Predict ``samples`` and compute :func:`metrics_report`, adding ``seconds``."""
     t0 = time.perf_counter()
     probs = predict(model, builder, samples, batch_size=batch_size, device=device, console=console,
                     show_progress=show_progress, description=description)
-    report = metrics_report(builder.dataset, samples, probs, window_start)
+    report = metrics_report(builder.dataset, samples, probs, window_start, by_group=by_group)
     report["seconds"] = time.perf_counter() - t0
     return report
 

@@ -334,7 +334,7 @@ def train_model(dataset: str | os.PathLike | Dataset, out: str | os.PathLike, co
         def validate() -> bool:
             """Validate, update best/last checkpoints; True when early stopping says stop."""
             report = evaluate_samples(model, builder, valid_samples, valid_start,
-                                      batch_size=config.train.eval_batch_size, device=device)
+                                      batch_size=config.train.eval_batch_size, device=device, by_group=False)
             model.train()
             entry = {"epoch": state["epoch"], "step": state["step"], "train_loss": state["running_loss"],
                      "auc": report["auc"], "gauc": report["gauc"], "logloss": report["logloss"],
@@ -415,8 +415,10 @@ def train_model(dataset: str | os.PathLike | Dataset, out: str | os.PathLike, co
                                     f"epoch {state['epoch'] + 1}/{config.train.epochs}")
                     if stop_flag.set:
                         break
+                    # Mid-epoch validation; not at the step budget's last step, which is validated below.
                     if (config.train.eval_every and state["step"] % config.train.eval_every == 0
-                            and state["batch_in_epoch"] < batches_per_epoch):
+                            and state["batch_in_epoch"] < batches_per_epoch
+                            and (max_steps is None or state["step"] < max_steps)):
                         state["train_seconds"] += time.perf_counter() - t0
                         stop = validate()
                         t0 = time.perf_counter()
