@@ -190,7 +190,12 @@ class BatchBuilder:
             long = self._compressed_sequence(users, ts, user_lo, end)
         else:
             long = self._sequence_from_rows(*self._raw_rows(user_lo, end, self.config.long_len), ts)
-        short = self._sequence_from_rows(*self._raw_rows(user_lo, end, self.config.short_len), ts)
+        if self.config.long_source == "raw" and self.config.short_len <= self.config.long_len:
+            # Both are most recent first from the same boundary: the short sequence is a prefix of the long.
+            S = self.config.short_len
+            short = SequenceBatch(long.item_id[:, :S], long.cross[:, :S], long.size[:, :S], long.mask[:, :S])
+        else:
+            short = self._sequence_from_rows(*self._raw_rows(user_lo, end, self.config.short_len), ts)
         return Batch(
             user_id=torch.from_numpy(users), ts=torch.from_numpy(ts),
             target_item=torch.from_numpy(s.item_id.astype(np.int64)),
