@@ -45,7 +45,7 @@ from twinv2.data.batches import BatchBuilder, SequenceConfig
 from twinv2.data.split import TemporalSplit, make_samples
 from twinv2.data.store import Dataset, load_dataset
 from twinv2.errors import CheckpointError, CompressionError, ConfigError
-from twinv2.models import build_model
+from twinv2.models import CTRModel, build_model
 from twinv2.train._runtime import resolve_device, torch_threads
 from twinv2.train.checkpoint import (
     check_dataset_matches,
@@ -157,19 +157,9 @@ def open_compressed(path: str | os.PathLike | None, dataset: Dataset, window_sta
     return comp
 
 
-def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """(embedding-table parameters, dense parameters), each parameter in exactly one list.
-
-    Uses ``model.embedding_parameters()`` when the model defines it, else every ``nn.Embedding`` weight.
-    """
-    if hasattr(model, "embedding_parameters"):
-        emb = list(model.embedding_parameters())
-    else:
-        emb = [m.weight for m in model.modules() if isinstance(m, nn.Embedding)]
-    emb_ids = {id(p) for p in emb}
-    dense = [p for p in model.parameters() if id(p) not in emb_ids]
-    emb = [p for p in emb if p.requires_grad]
-    return emb, [p for p in dense if p.requires_grad]
+def split_parameters(model: CTRModel) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(embedding-table parameters, dense parameters) with ``requires_grad``, each parameter in one list."""
+    return [p for p in model.embedding_parameters() if p.requires_grad], model.dense_parameters()
 
 
 def _optimizer(name: str, params: list[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
