@@ -80,11 +80,27 @@ def data_describe(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
     plot: Path | None = typer.Option(None, help="Where to write the history-length histogram PNG "
                                                 "(default: DATASET/history_lengths.png)."),
+    headroom_len: int = typer.Option(500, "--headroom-len", min=1,
+                                     help="L of the life-cycle headroom: share of positives whose previous "
+                                          "same-category behavior lies beyond the last L behaviors."),
+    headroom_start: int | None = typer.Option(None, "--headroom-start",
+                                              help="Headroom window start, unix seconds (with --headroom-end; "
+                                                   "default: the test window of the default split, the last "
+                                                   "5% of events)."),
+    headroom_end: int | None = typer.Option(None, "--headroom-end", help="Headroom window end (exclusive), unix "
+                                                                         "seconds."),
+    headroom_category: str | None = typer.Option(None, "--headroom-category",
+                                                 help="Item column compared (default: category_id, else the "
+                                                      "first inherent categorical)."),
 ) -> None:
-    """Users, items, events, label rate, time range and history-length percentiles of a dataset."""
+    """Users, items, events, label rate, time range, history-length percentiles and life-cycle headroom."""
     from twinv2.data.describe import describe_dataset, render_description
 
-    summary = describe_dataset(dataset, plot_path=plot)
+    if (headroom_start is None) != (headroom_end is None):
+        raise ConfigError("--headroom-start and --headroom-end go together: give both or neither")
+    window = None if headroom_start is None or headroom_end is None else (headroom_start, headroom_end)
+    summary = describe_dataset(dataset, plot_path=plot, headroom_len=headroom_len, headroom_window=window,
+                               headroom_category=headroom_category)
     if as_json:
         print_json(summary)
     else:

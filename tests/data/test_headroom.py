@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -165,3 +166,39 @@ def test_headroom_without_categorical_column_is_a_typed_error():
                   item_columns=cols)
     with pytest.raises(DataValidationError, match="inherent categorical"):
         life_cycle_headroom(ds)
+
+
+def test_describe_reports_headroom_in_json_and_table(tiny_dataset_dir):
+    from typer.testing import CliRunner
+
+    from twinv2.cli import app
+
+    ds = load_dataset(tiny_dataset_dir)
+    lo, hi = int(ds.histories.ts.min()), int(ds.histories.ts.max()) + 1
+    result = CliRunner().invoke(app, ["data", "describe", str(tiny_dataset_dir), "--json", "--headroom-len", "7",
+                                      "--headroom-start", str(lo), "--headroom-end", str(hi)])
+    assert result.exit_code == 0, result.output
+    got = json.loads(result.stdout)["headroom"]
+    assert got == life_cycle_headroom(ds, lo, hi, long_len=7)
+    assert got["long_len"] == 7 and got["window"] == {"start_ts": lo, "end_ts": hi, "source": "given"}
+
+    table = CliRunner().invoke(app, ["data", "describe", str(tiny_dataset_dir)])
+    assert table.exit_code == 0, table.output
+    default = life_cycle_headroom(ds)
+    assert "life-cycle headroom" in table.stdout
+    assert f"{100 * default['shares']['beyond_L']:.1f}%" in table.stdout
+
+
+@pytest.mark.parametrize(("args", "match"), [
+    (["--headroom-start", "5"], "give both or neither"),
+    (["--headroom-len", "0"], "--headroom-len"),
+    (["--headroom-category", "nope"], "category='nope'"),
+])
+def test_describe_headroom_options_fail_cleanly(tiny_dataset_dir, args, match):
+    from typer.testing import CliRunner
+
+    from twinv2.cli import app
+
+    result = CliRunner().invoke(app, ["data", "describe", str(tiny_dataset_dir), *args])
+    assert result.exit_code == 2
+    assert match in result.output and "Traceback" not in result.output

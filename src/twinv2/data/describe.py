@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from twinv2.data.store import load_dataset
+from twinv2.data.store import Dataset, load_dataset
 
 __all__ = ["describe_dataset", "plot_history_lengths", "render_description"]
 
@@ -36,13 +37,19 @@ def plot_history_lengths(lengths: np.ndarray, path: str | os.PathLike, title: st
     return save_figure_atomic(fig, path)
 
 
-def describe_dataset(path: str | os.PathLike, plot_path: str | os.PathLike | None = None) -> dict[str, Any]:
+def describe_dataset(path: str | os.PathLike, plot_path: str | os.PathLike | None = None, *,
+                     headroom_len: int = 500, headroom_window: tuple[int, int] | None = None,
+                     headroom_category: str | None = None) -> dict[str, Any]:
     """Summarise a dataset folder and write its history-length histogram.
 
     Returns a JSON-ready dict with keys ``users``, ``items``, ``events``, ``label_rate``, ``time_min``,
     ``time_max``, ``history_length`` (``p50``, ``p90``, ``p99``, ``max``, ``mean``), ``users_with_events``,
     ``cross_features``, ``inherent_features`` and ``plot`` (the PNG path; default
-    ``DIR/history_lengths.png``).
+    ``DIR/history_lengths.png``), and ``headroom``: the life-cycle
+    headroom of :func:`twinv2.data.headroom.life_cycle_headroom` for a long sequence of ``headroom_len``
+    over ``headroom_window`` (default: the test window of the default temporal split) by
+    ``headroom_category`` (default: ``category_id`` or the first inherent categorical), or ``None`` when
+    the dataset declares no inherent categorical column and none was asked for.
     """
     ds = load_dataset(path)
     h, m = ds.histories, ds.manifest
@@ -64,7 +71,19 @@ def describe_dataset(path: str | os.PathLike, plot_path: str | os.PathLike | Non
         "inherent_features": [c.name for c in m.item_categoricals + m.item_numerics],
         "cross_features": [c.name for c in m.cross_numerics],
         "plot": str(plot),
+        "headroom": _headroom(ds, headroom_len, headroom_window, headroom_category),
     }
+
+
+def _headroom(ds: Dataset, long_len: int, window: tuple[int, int] | None,
+              category: str | None) -> dict[str, Any] | None:
+    """The headroom entry of the summary; skipped (``None``) on a dataset without categoricals unless asked."""
+    from twinv2.data.headroom import life_cycle_headroom
+
+    if category is None and not ds.manifest.item_categoricals:
+        return None
+    start, end = window if window is not None else (None, None)
+    return life_cycle_headroom(ds, start, end, long_len=long_len, category=category)
 
 
 def render_description(summary: dict[str, Any]):
@@ -92,6 +111,24 @@ def render_description(summary: dict[str, Any]):
         ("cross features", ", ".join(summary["cross_features"])),
         ("histogram", summary["plot"]),
     ]
+    rows += _headroom_rows(summary.get("headroom"), when)
     for k, v in rows:
         table.add_row(k, v)
     return table
+
+
+def _headroom_rows(hr: dict[str, Any] | None, when: Callable[[int], str]) -> list[tuple[str, str]]:
+    """Table rows of the headroom entry: the window, then the share and count of each bucket."""
+    if hr is None:
+        return [("life-cycle headroom", "n/a (no inherent categorical column)")]
+    L, w = hr["long_len"], hr["window"]
+    rows = [("life-cycle headroom", f"previous same-{hr['category']} behavior of {hr['positives']:,} "
+                                    f"positives, L = {L:,}"),
+            ("  window", f"{when(w['start_ts'])} .. {when(w['end_ts'])} UTC")]
+    labels = {"within_50": f"within {hr['short_len']}", "within_L": f"within L = {L:,}",
+              "beyond_L": "beyond L", "beyond_10L": "beyond 10 L", "never": "never"}
+    for key, label in labels.items():
+        share = hr["shares"][key]
+        text = "n/a" if share is None else f"{100 * share:.1f}%"
+        rows.append((f"  {label}", f"{text} ({hr['counts'][key]:,})"))
+    return rows
