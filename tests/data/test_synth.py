@@ -24,9 +24,10 @@ from twinv2.data.synth import (
     config_for_scale,
     dormant_active,
     generate_user,
+    load_click_prob,
     synthesize,
 )
-from twinv2.errors import ConfigError
+from twinv2.errors import ConfigError, DataValidationError
 
 # A few dozen users over two years: every test below generates in well under a second.
 TINY = dataclasses.replace(SCALES["small"], num_users=40, num_items=600, num_categories=15, num_authors=60,
@@ -163,6 +164,10 @@ def test_synthesize_chunking_and_streaming_match_in_memory_generation(tiny_dir, 
     expected = [generate_user(items, TINY, 3, u, int(counts[u]))[0] for u in range(TINY.num_users)]
     for name, column in written.items():
         assert np.array_equal(column, np.concatenate([e[name] for e in expected])), name
+    # The click probabilities stream in the same order, whatever the chunk size.
+    truths = [generate_user(items, TINY, 3, u, int(counts[u]))[1] for u in range(TINY.num_users)]
+    assert np.array_equal(load_click_prob(tiny_dir), np.concatenate([t.click_prob for t in truths]))
+    assert np.array_equal(load_click_prob(small_chunks), load_click_prob(tiny_dir))
 
 
 def test_generate_user_depends_only_on_seed_and_user_id():
@@ -246,6 +251,45 @@ def test_clicks_follow_affinity_to_current_interests(tiny_dir):
         liked.append(h.label[lo:hi][stable])
         unrelated.append(h.label[lo:hi][~any_interest])
     assert np.concatenate(liked).mean() > 2 * np.concatenate(unrelated).mean()
+
+
+def test_click_prob_is_the_labels_true_probability(tiny_dir):
+    prob = load_click_prob(tiny_dir)
+    label = _events(tiny_dir)["label"]
+    assert prob.dtype == np.float32 and prob.shape == label.shape
+    assert prob.min() > 0.0 and prob.max() < 1.0
+    # Calibrated overall (within 4 binomial standard errors) and in each decile of the probability.
+    se = np.sqrt((prob * (1 - prob)).sum()) / len(prob)
+    assert abs(label.mean() - prob.mean()) < 4 * se
+    bins = np.quantile(prob, np.linspace(0, 1, 11))
+    which = np.clip(np.searchsorted(bins, prob, side="right") - 1, 0, 9)
+    rates = np.array([label[which == b].mean() for b in range(10)])
+    means = np.array([prob[which == b].mean() for b in range(10)])
+    assert np.all(np.abs(rates - means) < 0.05), (rates, means)
+    assert rates[-1] > rates[0] + 0.3  # labels are far more frequent where the probability is high
+
+
+def test_load_click_prob_names_the_file_when_missing_or_mismatched(tiny_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_dir, copy)
+    path = copy / GROUND_TRUTH_FILES["click_prob"]
+    np.save(path, load_click_prob(tiny_dir)[:-1])
+    with pytest.raises(DataValidationError, match=r"click_prob\.npy.*one probability per event"):
+        load_click_prob(copy)
+    np.save(path, np.zeros((2, 3), np.float32))
+    with pytest.raises(DataValidationError, match=r"click_prob\.npy.*1-D float"):
+        load_click_prob(copy)
+    np.save(path, np.full(len(load_click_prob(tiny_dir)), 1.5, np.float32))
+    with pytest.raises(DataValidationError, match=r"in \[0, 1\]"):
+        load_click_prob(copy)
+    path.write_bytes(b"not an npy file")
+    with pytest.raises(DataValidationError, match=r"click_prob\.npy.*readable"):
+        load_click_prob(copy)
+    path.unlink()
+    with pytest.raises(DataValidationError, match=r"click_prob\.npy.*no such file"):
+        load_click_prob(copy)
 
 
 @settings(max_examples=25, deadline=None)

@@ -31,15 +31,16 @@ import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from twinv2._io import save_npy_atomic
-from twinv2.data.schema import ColumnSpec, Manifest
-from twinv2.data.store import DatasetWriter, check_out_dir
-from twinv2.errors import ConfigError
+from twinv2.data.schema import MANIFEST_NAME, ColumnSpec, Manifest
+from twinv2.data.store import EVENTS_FILE, DatasetWriter, check_out_dir
+from twinv2.errors import ConfigError, DataValidationError
 
 __all__ = [
     "GROUND_TRUTH_FILES",
@@ -53,6 +54,7 @@ __all__ = [
     "config_for_scale",
     "dormant_active",
     "generate_user",
+    "load_click_prob",
     "synthesize",
 ]
 
@@ -75,6 +77,7 @@ GROUND_TRUTH_FILES = {
     "items": "ground_truth/items.parquet",
     "item_latent": "ground_truth/item_latent.npy",
     "category_centers": "ground_truth/category_centers.npy",
+    "click_prob": "ground_truth/click_prob.npy",
 }
 
 ITEM_COLUMNS = [
@@ -459,6 +462,8 @@ class UserTruth:
         drift_rate: float64 ``[K]`` radians per second; drift_max: float64 ``[K]`` radians.
         period_days, phase_days, window_days: float64 ``[K]`` (0 unless dormant).
         vec_a, vec_b: float64 ``[K, D]`` (``vec_b`` zero unless drifting).
+        click_prob: float32 ``[num_events]`` the true click probability of each of the user's events, in
+            event order (filled by :func:`generate_user`).
     """
 
     user_id: int
@@ -478,6 +483,7 @@ class UserTruth:
     vec_a: np.ndarray
     vec_b: np.ndarray
     extra: dict[str, float] = field(default_factory=dict)
+    click_prob: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
 
 
 def dormant_active(period_days: np.ndarray, phase_days: np.ndarray, window_days: np.ndarray,
@@ -594,7 +600,8 @@ def generate_user(items: ItemUniverse, config: SynthConfig, seed: int | np.rando
     """Generate one user's life cycle from its own stream ``(seed, user_id)``.
 
     Returns the events (columns of ``EVENT_COLUMNS``, each ``[num_events]``, sorted by ``ts`` with ties
-    within a page) and the user's ground truth. The result depends only on ``(items, config, seed,
+    within a page) and the user's ground truth, including each event's true click probability
+    (``truth.click_prob``, aligned with the events). The result depends only on ``(items, config, seed,
     user_id, num_events)``.
     """
     cfg = config
@@ -623,7 +630,7 @@ def generate_user(items: ItemUniverse, config: SynthConfig, seed: int | np.rando
     # a user's demand exceeds the clock (the heaviest users), so one pass nearly always suffices.
     state_time = nominal
     for _ in range(_MAX_TIMING_PASSES):
-        item, label, play_time = _content(items, cfg, truth, state_time, session_of_event, noise)
+        item, label, play_time, click_prob = _content(items, cfg, truth, state_time, session_of_event, noise)
         start, page_offset = _place_sessions(cfg, nominal, play_time, noise["browse"], page_of_event,
                                              session_of_page, session_pages)
         lag = float(np.abs(start - state_time).max())
@@ -632,6 +639,7 @@ def generate_user(items: ItemUniverse, config: SynthConfig, seed: int | np.rando
             break
     truth.extra["max_session_shift_days"] = float((start - nominal).max() / DAY)
     truth.extra["max_state_lag_days"] = lag / DAY
+    truth.click_prob = click_prob.astype(np.float32)
 
     duration = items.duration[item]
     events = {
@@ -653,7 +661,8 @@ def _content(items: ItemUniverse, cfg: SynthConfig, truth: UserTruth, session_ti
         session_time: float64 ``[S]`` times at which each session's interest state is taken.
         session_of_event: int64 ``[N]``; noise: float64 ``[N]`` arrays drawn by :func:`generate_user`.
     Returns:
-        item int64 ``[N]``, label int8 ``[N]``, play_time float32 ``[N]``.
+        item int64 ``[N]``, label int8 ``[N]``, play_time float32 ``[N]``, and the true click probability
+        float64 ``[N]`` (the sigmoid of the click logit, from which the label is drawn).
     """
     N, K = len(session_of_event), len(truth.kind)
     pi_s, theta_s = _interest_state(truth, session_time, cfg)  # [S, K] each
@@ -695,7 +704,8 @@ def _content(items: ItemUniverse, cfg: SynthConfig, truth: UserTruth, session_ti
     quality = items.quality[item].astype(np.float64)
     logit = (cfg.click_bias + truth.click_bias + cfg.affinity_scale * affinity + quality
              + cfg.logit_noise_sd * noise["logit"])
-    label = (noise["click"] < 1.0 / (1.0 + np.exp(-logit))).astype(np.int8)
+    click_prob = 1.0 / (1.0 + np.exp(-logit))
+    label = (noise["click"] < click_prob).astype(np.int8)
 
     duration = items.duration[item]
     c_logit = (cfg.completion_bias + cfg.completion_affinity * affinity
@@ -704,7 +714,7 @@ def _content(items: ItemUniverse, cfg: SynthConfig, truth: UserTruth, session_ti
     ratio = np.where(noise["replay"] < cfg.replay_prob, 1.0 + noise["replay_extent"],
                      1.0 / (1.0 + np.exp(-c_logit)))
     play_time = np.where(label == 1, ratio * duration, 0.0).astype(np.float32)
-    return item, label, play_time
+    return item, label, play_time, click_prob
 
 
 def _place_sessions(cfg: SynthConfig, nominal: np.ndarray, play_time: np.ndarray, browse: np.ndarray,
@@ -891,6 +901,9 @@ def synthesize(out: str | os.PathLike, *, users: int | None = None, scale: str =
         bar = Progress(TextColumn("synth {task.description}"), BarColumn(), MofNCompleteColumn(),
                        TextColumn("{task.fields[events]:,} events"), TimeElapsedColumn(),
                        console=Console(stderr=True), disable=not progress, transient=False)
+        total_events = int(counts.sum())
+        prob_tmp = gt / f".{Path(GROUND_TRUTH_FILES['click_prob']).name}.partial"
+        click_prob = np.lib.format.open_memmap(prob_tmp, mode="w+", dtype=np.float32, shape=(total_events,))
         with bar, pq.ParquetWriter(gt / "users.parquet", _truth_schema(cfg)[0]) as users_w, \
                 pq.ParquetWriter(gt / "interests.parquet", _truth_schema(cfg)[1]) as interests_w:
             task = bar.add_task(f"{scale} users", total=cfg.num_users, events=0)
@@ -909,8 +922,13 @@ def synthesize(out: str | os.PathLike, *, users: int | None = None, scale: str =
                 users_t, interests_t = _truth_tables(truths, cfg)
                 users_w.write_table(users_t)
                 interests_w.write_table(interests_t)
+                # Events are written in generation order, so the probabilities align row by row.
+                click_prob[done_events:done_events + table.num_rows] = np.concatenate([t.click_prob for t in truths])
                 done_events += table.num_rows
                 bar.update(task, advance=hi - lo, events=done_events)
+        click_prob.flush()
+        del click_prob
+        os.replace(prob_tmp, writer.tmp / GROUND_TRUTH_FILES["click_prob"])
         writer.notes["label_rate"] = round(clicks / max(int(counts.sum()), 1), 6)
     assert writer.manifest is not None
     return writer.manifest
@@ -927,3 +945,36 @@ def _truth_schema(cfg: SynthConfig) -> tuple[pa.Schema, pa.Schema]:
     users, interests = _truth_tables([probe], cfg)
     return users.schema, interests.schema
 
+
+
+def load_click_prob(dataset_dir: str | os.PathLike) -> np.ndarray:
+    """The true click probability of every event of a synthetic dataset, float32 ``[E]`` aligned with events.
+
+    Row ``r`` is the probability from which the label of row ``r`` of ``events.parquet`` was drawn (the
+    sigmoid of the click logit, noise included): an oracle for analysis and ceilings, never a model input.
+
+    Raises:
+        DataValidationError: naming ``ground_truth/click_prob.npy`` when it is missing (a dataset not made by
+            this generator, or by a version before it wrote the file), unreadable, not a 1-D float array of
+            probabilities, or not as long as the dataset's events.
+    """
+    root = Path(dataset_dir)
+    path = root / GROUND_TRUTH_FILES["click_prob"]
+    manifest = Manifest.load(root / MANIFEST_NAME)
+    if not path.is_file():
+        raise DataValidationError(str(path), None, "the synthetic generator's click probabilities",
+                                  "no such file (regenerate with `twinv2 data synth`)")
+    try:
+        prob = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataValidationError(str(path), None, "a readable .npy file", str(exc).splitlines()[0]) from exc
+    if prob.ndim != 1 or prob.dtype.kind != "f":
+        raise DataValidationError(str(path), None, "a 1-D float array", f"{prob.dtype} of shape {prob.shape}")
+    num_rows = pq.ParquetFile(root / EVENTS_FILE).metadata.num_rows if (root / EVENTS_FILE).is_file() else None
+    for what, n in (("manifest.num_events", manifest.num_events), (EVENTS_FILE, num_rows)):
+        if n is not None and len(prob) != n:
+            raise DataValidationError(str(path), None, f"one probability per event ({what}: {n:,})",
+                                      f"{len(prob):,}")
+    if prob.size and not (np.isfinite(prob).all() and prob.min() >= 0.0 and prob.max() <= 1.0):
+        raise DataValidationError(str(path), None, "probabilities in [0, 1]", "values outside")
+    return prob.astype(np.float32, copy=False)
