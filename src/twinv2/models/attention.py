@@ -112,6 +112,17 @@ class RelevanceScore(nn.Module):
         """The effective block-diagonal cross projection ``w_aj * beta_aj``: ``[H, J, F]``."""
         return self.cross_weight * self.cross_beta[..., None]
 
+    def project_keys(self, keys: torch.Tensor) -> torch.Tensor:
+        """Serving's cacheable key side ``K W_k_a``: float ``[N, D_k]`` -> ``[H, N, d_k]``.
+
+        With :meth:`project_query`, ``project_keys(K)[a] @ project_query(q)[a].T`` equals :meth:`forward`'s
+        first term for head ``a`` (up to float rounding); ``twinv2.serve`` caches it per item."""
+        return torch.matmul(keys, self.key_weight)  # [H, N, d_k]
+
+    def project_query(self, query: torch.Tensor) -> torch.Tensor:
+        """Serving's query side ``q W_q_a / sqrt(d_k)``: float ``[B, D_q]`` -> ``[H, B, d_k]``."""
+        return torch.matmul(query, self.query_weight) / math.sqrt(self.head_dim)  # [H, B, d_k]
+
     def forward(self, keys: torch.Tensor | tuple[torch.Tensor, ...], kernel: torch.Tensor,
                 cross_bias: torch.Tensor | None = None) -> torch.Tensor:
         """alpha: keys float ``[B, L, D_k]`` (or its column blocks, in order), kernel ``[B, D_k, H]`` (from

@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from twinv2 import __version__
-from twinv2._io import atomic_file, load_torch_dict
+from twinv2._io import atomic_file
+from twinv2.checkpoints import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, read_checkpoint
 from twinv2.data.batches import SequenceConfig
 from twinv2.data.schema import Manifest
 from twinv2.data.split import TemporalSplit
@@ -48,8 +49,6 @@ __all__ = [
     "save_checkpoint",
 ]
 
-CHECKPOINT_FORMAT = "twinv2-checkpoint"
-CHECKPOINT_VERSION = 1
 
 
 def dataset_identity(dataset: Dataset | Manifest) -> dict[str, Any]:
@@ -119,25 +118,6 @@ def save_checkpoint(path: str | os.PathLike, model: CTRModel, *, config: TrainCo
     with atomic_file(path, "wb") as fh:
         torch.save(payload, fh)
     return path
-
-
-_REQUIRED_KEYS = ("format", "format_version", "model_state", "train_config", "sequence_config", "split",
-                  "manifest", "dataset_identity", "items", "dataset_path", "train_state")
-
-
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load the raw checkpoint dict (on the CPU, ``weights_only=True``) and check its format."""
-    path = Path(path)
-    payload = load_torch_dict(path)
-    if payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not a twinv2 checkpoint (no format={CHECKPOINT_FORMAT!r} key)")
-    if payload["format_version"] != CHECKPOINT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format_version {payload['format_version']}, this version "
-                              f"of twinv2 reads {CHECKPOINT_VERSION}")
-    missing = [k for k in _REQUIRED_KEYS if k not in payload]
-    if missing:
-        raise CheckpointError(f"{path}: checkpoint lacks the key '{missing[0]}'")
-    return payload
 
 
 def _info(path: Path, payload: dict[str, Any]) -> CheckpointInfo:

@@ -1,0 +1,221 @@
+"""Request-time scoring: one user, B candidates, with TWIN's projection cache (DESIGN §2.1, §7).
+
+The target-independent half of TWIN's relevance score, ``K_h W_h`` per head, depends only on the item, so
+:class:`ProjectionCache` computes it once per model version for every item id (a virtual item carries its
+representative's id, so the same rows serve it), together with the cross-bias table (each cross bucket's
+scalar per head). A request then costs:
+
+- GSU: the user's L cached key projections are gathered once, each augmented with one more column holding
+  the behavior's cross bias plus ``ln n``; the candidates' query projections get a matching column of ones.
+  alpha for every candidate and head is then ONE batched product ``(B x (d_k + 1)) @ ((d_k + 1) x L)`` per
+  head (the bias rides along for free), followed by the shared :func:`~twinv2.models.attention.topk_merge`.
+  Candidates are processed in chunks so each chunk's ``[H, chunk, L]`` scores stay in cache.
+- ESU, short-term module and MLP: the model's own modules on ``[B, k]`` and ``[B, S]`` inputs, exactly as
+  :meth:`twinv2.models.CTRModel.forward` calls them.
+
+So a score equals the training forward on the same inputs (the test checks 1e-5). Models without TWIN's
+GSU (SIM, ETA, SDIM, DIN, average pooling) are scored by the model's forward on the request as a batch
+(:meth:`Scorer.score_forward`), which is also the "naive" baseline of ``benchmarks/serve_latency.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+from twinv2.data.batches import Batch, SequenceBatch
+from twinv2.models import CTRModel
+from twinv2.models.attention import (
+    cluster_aware_scores,
+    cross_bias,
+    gather_positions,
+    masked_softmax,
+    topk_merge,
+)
+from twinv2.models.twin import TwinLongTerm
+
+__all__ = ["Explanation", "ProjectionCache", "Scorer"]
+
+_CACHE_BLOCK = 65_536  # items per block when building the cache (bounds the [block, D_h] temporary)
+
+
+class ProjectionCache:
+    """``K_h W_h`` of every item and head, plus the cross-bias table, for one model version.
+
+    Attributes:
+        key_proj: float32 ``[H, N + 1, d_k]`` (row 0 = the padding / unknown item).
+        cross_table: float32 ``[R_c, H]`` each cross bucket's bias per head.
+    """
+
+    def __init__(self, model: CTRModel):
+        twin = model.long_term.twin
+        features = model.features
+        with torch.no_grad():
+            n = features.num_items + 1
+            blocks = []
+            for start in range(0, n, _CACHE_BLOCK):
+                ids = torch.arange(start, min(n, start + _CACHE_BLOCK))
+                blocks.append(twin.score.project_keys(features.inherent(ids)))  # [H, block, d_k]
+            self.key_proj = torch.cat(blocks, dim=1).contiguous()  # [H, N + 1, d_k]
+            self.cross_table = features.cross_projection_table(twin.score.cross_weights()).contiguous()
+
+    @property
+    def num_items(self) -> int:
+        """Rows cached (items + the padding row)."""
+        return int(self.key_proj.shape[1])
+
+    @property
+    def nbytes(self) -> int:
+        return self.key_proj.numel() * self.key_proj.element_size() + \
+            self.cross_table.numel() * self.cross_table.element_size()
+
+
+@dataclass
+class Explanation:
+    """The long-term entries with the largest ESU weight for each candidate.
+
+    Attributes:
+        positions: int64 ``[B, m]`` positions in the long sequence (``-1`` where fewer than m exist).
+        weights: float32 ``[B, m]`` ESU weight (softmax of ``alpha + ln n``, averaged over heads).
+    """
+
+    positions: torch.Tensor
+    weights: torch.Tensor
+
+
+def _map(seq: SequenceBatch, fn: Callable[[torch.Tensor], torch.Tensor]) -> SequenceBatch:
+    """Apply ``fn`` to every tensor field of ``seq`` (optional fields that are None stay None)."""
+    return SequenceBatch(**{f.name: None if getattr(seq, f.name) is None else fn(getattr(seq, f.name))
+                            for f in fields(seq)})
+
+
+def _expand(seq: SequenceBatch, B: int) -> SequenceBatch:
+    """A ``[1, L]`` sequence viewed as ``[B, L]`` (no copy)."""
+    return _map(seq, lambda t: t.expand(B, *t.shape[1:]))
+
+
+def _take(seq: SequenceBatch, positions: torch.Tensor) -> SequenceBatch:
+    """Positions ``positions`` (int64 ``[n]``) of a ``[1, L]`` sequence: ``[1, n]``."""
+    return _map(seq, lambda t: t[:, positions])
+
+
+class Scorer:
+    """Scores B candidate items for one user's sequences with a trained :class:`CTRModel`.
+
+    Example:
+        >>> scorer = Scorer(model)  # doctest: +SKIP
+        >>> logits = scorer.score(seqs.long, seqs.short, torch.tensor([3, 17, 42]))  # doctest: +SKIP
+
+    Args:
+        model: the model (eval mode; moved to the CPU by the caller if needed).
+        chunk: candidates per GSU chunk (keeps ``[H, chunk, L]`` scores cache-resident).
+    """
+
+    def __init__(self, model: CTRModel, chunk: int = 32):
+        self.model = model.eval()
+        self.chunk = int(chunk)
+        self.cached = isinstance(model.long_term, TwinLongTerm)
+        self.cache = ProjectionCache(model) if self.cached else None
+
+    @property
+    def num_items(self) -> int:
+        return self.model.features.num_items
+
+    # -- the forward path (any model; the naive baseline) --------------------------------------------
+    @torch.no_grad()
+    def score_forward(self, long: SequenceBatch, short: SequenceBatch, candidates: torch.Tensor,
+                      chunk: int = 64) -> torch.Tensor:
+        """Logits float32 ``[B]`` by the model's own forward on the request as a batch of B samples.
+
+        Every sample re-gathers and re-projects its whole long sequence (no cache); chunks of ``chunk``
+        candidates bound the memory. Inputs: long ``[1, L]``, short ``[1, S]``, candidates int64 ``[B]``.
+        """
+        out = []
+        for start in range(0, len(candidates), chunk):
+            target = candidates[start:start + chunk]
+            c = len(target)
+            zeros = torch.zeros(c, dtype=torch.int64)
+            batch = Batch(user_id=zeros, ts=zeros, target_item=target, label=zeros.float(), history_length=zeros,
+                          long=_expand(long, c), short=_expand(short, c))
+            out.append(self.model(batch))
+        return torch.cat(out) if out else torch.zeros(0)
+
+    # -- the cached path (twin, twinv2) -----------------------------------------------------------------
+    @torch.no_grad()
+    def score(self, long: SequenceBatch, short: SequenceBatch, candidates: torch.Tensor,
+              explain: int = 0) -> tuple[torch.Tensor, Explanation | None]:
+        """Logits float32 ``[B]`` for ``candidates`` (int64 ``[B]``), and optionally an explanation.
+
+        Args:
+            long: ``[1, L]`` and short: ``[1, S]`` sequences (from :func:`~twinv2.serve.sequences.user_sequences`).
+            candidates: item ids in ``[0, num_items]`` (0 = the unknown item).
+            explain: if > 0, also return the ``explain`` long-term entries of largest ESU weight per candidate.
+        """
+        if not self.cached:
+            if explain:
+                raise ValueError("explanations need a twin or twinv2 model")
+            return self.score_forward(long, short, candidates), None
+        assert self.cache is not None
+        model, features = self.model, self.model.features
+        lt: TwinLongTerm = model.long_term  # type: ignore[assignment]
+        twin, k, use_log = lt.twin, model.config.esu_size, lt.use_log_size()
+        B = len(candidates)
+        H = twin.score.num_heads
+
+        real = torch.nonzero(long.mask[0]).squeeze(1)  # [n] positions of real entries
+        n = len(real)
+        seq = _take(long, real if n else torch.zeros(1, dtype=torch.int64))  # [1, n] (or one padding)
+        rows = features.cross_rows(seq.cross)  # [1, n, J]
+        table = self.cache.cross_table
+        if n > k:
+            # Keys: cached projections plus one column for the bias and ln n: [H, d_k + 1, n].
+            bias = cluster_aware_scores(cross_bias(table, rows), seq.size, seq.mask, use_log)[0]  # [n, H]
+            keys = torch.cat([self.cache.key_proj[:, seq.item_id[0]], bias.t()[..., None]], dim=2)
+            keys_t = keys.transpose(1, 2).contiguous()  # [H, d_k + 1, n]
+        query = features.inherent(candidates)  # [B, D_h]
+        short_seq = _map(short, lambda t: t[:, :model.config.short_len])  # as CTRModel.forward truncates
+        logits, expl_pos, expl_w = [], [], []
+        for start in range(0, B, self.chunk):
+            q = query[start:start + self.chunk]  # [c, D_h]
+            c = len(q)
+            full = _expand(seq, c)  # [c, n]
+            full_rows = rows.expand(c, -1, -1)
+            if n > k:
+                q_aug = torch.cat([twin.score.project_query(q), torch.ones(H, c, 1)], dim=2)  # [H, c, d_k + 1]
+                alpha = torch.bmm(q_aug, keys_t)  # [H, c, n]
+                index, _ = topk_merge(alpha.permute(1, 2, 0), full.mask, k)  # [c, k]
+                chosen = gather_positions(full, index)
+                chosen_rows = full_rows.gather(1, index[..., None].expand(-1, -1, full_rows.shape[-1]))
+            else:  # the whole sequence fits in the ESU, as in TwinAttention.forward
+                index = torch.arange(full.item_id.shape[1]).expand(c, -1)
+                chosen, chosen_rows = full, full_rows
+            # ESU: the model's modules, as in TwinAttention.forward.
+            kernel = twin.score.query_kernel(q)  # [c, D_h, H]
+            keys_k = features.inherent(chosen.item_id)  # [c, k, D_h]
+            esu_alpha = cluster_aware_scores(twin.score(keys_k, kernel, cross_bias(table, chosen_rows)),
+                                             chosen.size, chosen.mask, use_log)
+            values = torch.cat([keys_k, features.cross(chosen_rows)], dim=-1)  # [c, k, D]
+            long_out = twin.attention(esu_alpha, values, chosen.mask)  # [c, H * d_v]
+            short_out = model.short_term(features, q, _expand(short_seq, c))
+            logits.append(model.head(torch.cat([q, long_out, short_out], dim=-1)).squeeze(-1))
+            if explain:
+                weight = masked_softmax(esu_alpha, chosen.mask).mean(dim=2)  # [c, k]
+                m = min(explain, weight.shape[1])
+                top_w, top_i = weight.topk(m, dim=1)
+                pos = real[index.gather(1, top_i)] if n else torch.full_like(top_i, -1)
+                pos = torch.where(top_w > 0, pos, torch.full_like(pos, -1))
+                expl_pos.append(pos)
+                expl_w.append(top_w)
+        out = torch.cat(logits) if logits else torch.zeros(0)
+        if not explain:
+            return out, None
+        return out, Explanation(torch.cat(expl_pos) if expl_pos else torch.zeros(0, 0, dtype=torch.int64),
+                                torch.cat(expl_w) if expl_w else torch.zeros(0, 0))
+
+
+def scores_to_probabilities(logits: torch.Tensor) -> np.ndarray:
+    """Click probabilities float64 ``[B]`` from logits ``[B]``."""
+    return torch.sigmoid(logits.double()).numpy()

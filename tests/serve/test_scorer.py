@@ -1,0 +1,105 @@
+"""The serving scorer equals the training forward, for twin and twinv2, on the same users and times."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.serve.serve_testing import ESU_SIZE, SNAPSHOT_TS, heavy_users
+from twinv2.checkpoints import load_model
+from twinv2.compress import load_compressed
+from twinv2.data.batches import BatchBuilder
+from twinv2.data.split import Samples
+from twinv2.data.store import load_dataset
+from twinv2.serve.loader import bootstrap_raw, load_version
+from twinv2.serve.scorer import ProjectionCache, Scorer
+from twinv2.serve.sequences import user_sequences
+from twinv2.serve.sqlite_store import SqliteStore
+from twinv2.serve.store import context_length
+
+
+def _training_logits(model, info, dataset, compressed, user, ts, candidates):
+    builder = BatchBuilder(dataset, info.sequence_config, compressed)
+    B = len(candidates)
+    samples = Samples(user_id=np.full(B, user, np.int64), ts=np.full(B, ts, np.int64), item_id=candidates,
+                      label=np.zeros(B, np.int8), event_row=np.zeros(B, np.int64))
+    with torch.no_grad():
+        return model(builder.build(samples))
+
+
+@pytest.fixture(scope="module", params=["twinv2", "twin"])
+def served(request, serve_data, tmp_path_factory):
+    long_term = request.param
+    model, info = load_model(serve_data[long_term])
+    store = SqliteStore(tmp_path_factory.mktemp("store") / "s.db", [c.name for c in info.manifest.cross_numerics],
+                        context_length(info.sequence_config))
+    # Both load the compressed version (a twin store keeps L raw behaviors before the snapshot), so every
+    # request time from the snapshot on has its whole input in the store.
+    load_version(store, serve_data["compressed"])
+    compressed = load_compressed(serve_data["compressed"]) if long_term == "twinv2" else None
+    return model, info, store, load_dataset(serve_data["dataset"]), compressed
+
+
+@pytest.mark.parametrize("ts", [SNAPSHOT_TS, 7_777, 10_000])
+def test_scorer_matches_training_forward(served, ts):
+    model, info, store, dataset, compressed = served
+    scorer = Scorer(model, chunk=7)  # a chunk size that does not divide B
+    candidates = np.arange(1, dataset.manifest.num_items + 1, dtype=np.int64)
+    for user in heavy_users(dataset):
+        expected = _training_logits(model, info, dataset, compressed, int(user), ts, candidates)
+        seqs = user_sequences(store.get_user(int(user)), ts, info.manifest, info.sequence_config)
+        assert int(seqs.long.mask.sum()) > ESU_SIZE  # the GSU really selects
+        got, _ = scorer.score(seqs.long, seqs.short, torch.from_numpy(candidates))
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+        naive = scorer.score_forward(seqs.long, seqs.short, torch.from_numpy(candidates), chunk=13)
+        torch.testing.assert_close(naive, expected, rtol=0, atol=1e-5)
+
+
+def test_scorer_cold_start_user_scores_without_long_term_input(served):
+    model, info, store, _, _ = served
+    state = store.get_user(10_000)  # never seen
+    assert not state.known and not len(state.events) and state.num_clusters == 0
+    seqs = user_sequences(state, 9_000, info.manifest, info.sequence_config)
+    assert not bool(seqs.long.mask.any())
+    cands = torch.arange(1, 11)
+    got, expl = Scorer(model).score(seqs.long, seqs.short, cands, explain=3)
+    torch.testing.assert_close(got, Scorer(model).score_forward(seqs.long, seqs.short, cands), rtol=0, atol=1e-5)
+    assert expl is not None and bool((expl.positions == -1).all())
+
+
+def test_projection_cache_holds_every_item_projection(served):
+    model, *_ = served
+    cache = ProjectionCache(model)
+    twin = model.long_term.twin
+    ids = torch.tensor([0, 1, 5, model.features.num_items])
+    with torch.no_grad():
+        expected = twin.score.project_keys(model.features.inherent(ids))
+    assert cache.num_items == model.features.num_items + 1
+    torch.testing.assert_close(cache.key_proj[:, ids], expected)
+
+
+def test_scorer_explanations_point_at_real_entries_with_largest_weight(served):
+    model, info, store, dataset, _ = served
+    user = int(heavy_users(dataset, 1)[0])
+    seqs = user_sequences(store.get_user(user), 9_500, info.manifest, info.sequence_config)
+    _, expl = Scorer(model).score(seqs.long, seqs.short, torch.arange(1, 6), explain=3)
+    assert expl is not None and expl.positions.shape == (5, 3)
+    assert bool(seqs.long.mask[0, expl.positions].all())
+    assert bool((expl.weights[:, :-1] >= expl.weights[:, 1:]).all())  # sorted, largest first
+    assert bool((expl.weights > 0).all()) and bool((expl.weights.sum(1) <= 1 + 1e-6).all())
+
+
+def test_scorer_matches_training_forward_on_a_raw_store_bootstrap(serve_data, tmp_path):
+    """twin without a compressed folder: the store holds each user's L most recent behaviors."""
+    model, info = load_model(serve_data["twin"])
+    store = SqliteStore(tmp_path / "s.db", [c.name for c in info.manifest.cross_numerics],
+                        context_length(info.sequence_config))
+    bootstrap_raw(store, serve_data["dataset"])
+    dataset = load_dataset(serve_data["dataset"])
+    candidates = np.arange(1, 31, dtype=np.int64)
+    for user in heavy_users(dataset, 2):
+        expected = _training_logits(model, info, dataset, None, int(user), 10_000, candidates)
+        seqs = user_sequences(store.get_user(int(user)), 10_000, info.manifest, info.sequence_config)
+        got, _ = Scorer(model).score(seqs.long, seqs.short, torch.from_numpy(candidates))
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
