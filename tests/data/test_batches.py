@@ -126,3 +126,63 @@ def test_sequence_config_validates():
         SequenceConfig(long_source="clusters")
     with pytest.raises(ConfigError, match=">= 1"):
         SequenceConfig(long_len=0)
+
+
+@pytest.mark.parametrize("raw_cap", [0, 3, 10])
+def test_compressed_sequence_caps_the_raw_part_and_fills_with_clusters(dataset, raw_cap):
+    """With raw_cap c the sequence is the c most recent raw behaviors since the snapshot, then clusters."""
+    h = dataset.histories
+    split = TemporalSplit.from_fractions(h.ts, snapshot=0.5, valid=0.7, test=0.85)
+    compressed = _fake_compressed(dataset, split.snapshot_ts)
+    samples = make_samples(dataset, split, "valid", max_samples=60, seed=1)
+    L = 30
+    cfg = SequenceConfig(long_len=L, long_source="compressed", raw_cap=raw_cap)
+    batch = BatchBuilder(dataset, cfg, compressed).build(samples)
+    for b in range(len(samples)):
+        u, t = samples.user_id[b], samples.ts[b]
+        lo, hi = h.offsets[u], h.offsets[u + 1]
+        raw = np.flatnonzero((h.ts[lo:hi] < t) & (h.ts[lo:hi] >= split.snapshot_ts))[::-1][:raw_cap] + lo
+        clusters = np.arange(compressed.offsets[u], compressed.offsets[u + 1])[::-1][: L - len(raw)]
+        mask = batch.long.mask[b].numpy()
+        virtual = batch.long.virtual[b].numpy()
+        assert mask.sum() == len(raw) + len(clusters)
+        np.testing.assert_array_equal(batch.long.item_id[b].numpy()[: len(raw)], h.item_id[raw])
+        np.testing.assert_array_equal(batch.long.item_id[b].numpy()[len(raw): mask.sum()],
+                                      compressed.rep_item_id[clusters])
+        assert not virtual[: len(raw)].any() and virtual[len(raw): mask.sum()].all() and not virtual[~mask].any()
+
+
+def test_compressed_versions_each_sample_reads_the_latest_built_before_it(dataset):
+    """The offline job on a cadence: a sample reads the version with the latest snapshot <= its time, and
+    no cluster of it holds a behavior at or after the sample time."""
+    h = dataset.histories
+    split = TemporalSplit.from_fractions(h.ts, snapshot=0.4, valid=0.7, test=0.85)
+    middle = int(np.quantile(h.ts, 0.55))
+    early, late = _fake_compressed(dataset, split.snapshot_ts, seed=0), _fake_compressed(dataset, middle, seed=1)
+    samples = make_samples(dataset, split, "train", max_samples=120, seed=2)
+    L = 25
+    cfg = SequenceConfig(long_len=L, long_source="compressed", raw_cap=5)
+    batch = BatchBuilder(dataset, cfg, [late, early]).build(samples)  # any order
+    for b in range(len(samples)):
+        u, t = samples.user_id[b], samples.ts[b]
+        version = late if t >= middle else early
+        lo, hi = h.offsets[u], h.offsets[u + 1]
+        raw = np.flatnonzero((h.ts[lo:hi] < t) & (h.ts[lo:hi] >= version.snapshot_ts))[::-1][:5] + lo
+        clusters = np.arange(version.offsets[u], version.offsets[u + 1])[::-1][: L - len(raw)]
+        n = len(raw) + len(clusters)
+        assert batch.long.mask[b].sum() == n
+        np.testing.assert_array_equal(batch.long.item_id[b].numpy()[len(raw): n], version.rep_item_id[clusters])
+        np.testing.assert_array_equal(batch.long.size[b].numpy()[len(raw): n], version.cluster_size[clusters])
+        assert (version.last_ts[clusters] < t).all()
+
+
+def test_compressed_versions_refuse_duplicate_snapshots(dataset):
+    split = TemporalSplit.from_fractions(dataset.histories.ts, snapshot=0.5, valid=0.7, test=0.85)
+    c = _fake_compressed(dataset, split.snapshot_ts)
+    with pytest.raises(ConfigError, match="share a snapshot"):
+        BatchBuilder(dataset, SequenceConfig(long_source="compressed"), [c, c])
+
+
+def test_sequence_config_rejects_a_negative_raw_cap():
+    with pytest.raises(ConfigError, match="raw_cap"):
+        SequenceConfig(raw_cap=-1)

@@ -6,13 +6,15 @@ every row.
 
 The long sequence is either the L most recent raw behaviors (``long_source="raw"``, TWIN and the baselines)
 or, for TWIN-V2 (``long_source="compressed"``), the raw behaviors between the compression snapshot and the
-sample time as size-1 items followed by the user's virtual items (clusters built before the snapshot), most
-recent first, L in all.
+sample time as size-1 items (at most ``SequenceConfig.raw_cap`` of them, the most recent) followed by the
+user's virtual items (clusters built before the snapshot), most recent first, L in all. Given several
+compressed versions (the offline job on a cadence), each sample reads the latest one whose snapshot is at
+or before its time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
@@ -44,15 +46,19 @@ class SequenceBatch:
         cross: float32 ``[B, L, J]`` raw numeric channels named by :func:`sequence_feature_names`.
         size: float32 ``[B, L]`` cluster sizes n (1 for a raw behavior, 0 for padding).
         mask: bool ``[B, L]`` True where a real behavior or cluster sits.
+        virtual: bool ``[B, L]`` True where a virtual item (cluster) sits, for compressed sequences;
+            None for raw ones. Models do not read it (``size`` is what the score uses); diagnostics do.
     """
 
     item_id: torch.Tensor
     cross: torch.Tensor
     size: torch.Tensor
     mask: torch.Tensor
+    virtual: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> SequenceBatch:
-        return SequenceBatch(*(getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)))
+        return SequenceBatch(*(None if getattr(self, f.name) is None else
+                               getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)))
 
 
 @dataclass
@@ -88,10 +94,15 @@ class SequenceConfig:
     long_len: int = 1000
     short_len: int = 50
     long_source: str = "raw"  # "raw" | "compressed"
+    # TWIN-V2: at most this many raw behaviors since the snapshot lead the long sequence; virtual items
+    # fill the rest of L. None = no cap (raw first until L is full).
+    raw_cap: int | None = None
 
     def __post_init__(self) -> None:
         if self.long_len < 1 or self.short_len < 1:
             raise ConfigError(f"long_len and short_len must be >= 1, got {self.long_len}, {self.short_len}")
+        if self.raw_cap is not None and (isinstance(self.raw_cap, bool) or self.raw_cap < 0):
+            raise ConfigError(f"raw_cap must be null or an integer >= 0, got {self.raw_cap!r}")
         if self.long_source not in ("raw", "compressed"):
             raise ConfigError(f"long_source must be 'raw' or 'compressed', got {self.long_source!r}")
 
@@ -105,34 +116,52 @@ class BatchBuilder:
     """
 
     def __init__(self, dataset: Dataset, config: SequenceConfig,
-                 compressed: CompressedLifeCycles | None = None):
-        if config.long_source == "compressed" and compressed is None:
+                 compressed: CompressedLifeCycles | Sequence[CompressedLifeCycles] | None = None):
+        versions = [] if compressed is None else (
+            [compressed] if not isinstance(compressed, (list, tuple)) else list(compressed))
+        if config.long_source == "compressed" and not versions:
             raise ConfigError("long_source='compressed' needs a compressed life-cycle folder (--compressed)")
-        if compressed is not None and len(compressed.offsets) != dataset.histories.num_users + 1:
-            raise DataValidationError("user_offsets.npy", None,
-                                      f"compressed life cycles for {dataset.histories.num_users} users",
-                                      f"{len(compressed.offsets) - 1}")
-        self.dataset, self.config, self.compressed = dataset, config, compressed
+        for c in versions:
+            if len(c.offsets) != dataset.histories.num_users + 1:
+                raise DataValidationError("user_offsets.npy", None,
+                                          f"compressed life cycles for {dataset.histories.num_users} users",
+                                          f"{len(c.offsets) - 1}")
+        # Several versions = the offline job run on a cadence: each sample reads the latest version whose
+        # snapshot is at or before its time, as it would have been served then.
+        versions.sort(key=lambda c: c.snapshot_ts)
+        if len({c.snapshot_ts for c in versions}) != len(versions):
+            raise ConfigError("compressed life cycles: two versions share a snapshot time "
+                              f"({[c.snapshot_ts for c in versions]}); pass each snapshot once")
+        self.dataset, self.config, self.versions = dataset, config, versions
+        self.compressed = versions[-1] if versions else None  # the latest version
         self.feature_names = sequence_feature_names(dataset.manifest)
         h = dataset.histories
         # Raw per-event channels, stacked once: float32 [E, J-1] (time_gap is computed per request).
         self._event_channels = np.stack([h.cross[c.name] for c in dataset.manifest.cross_numerics]
                                         + [h.label.astype(np.float32)], axis=1)
-        if compressed is not None:
+        if versions:
             names = [c.name for c in dataset.manifest.cross_numerics] + ["label"]
-            missing = [n for n in names if n not in compressed.means]
-            if missing:
-                raise DataValidationError("compressed clusters", f"mean_{missing[0]}",
-                                          "a mean for every cross feature of the dataset")
-            cluster_channels = np.stack([compressed.means[n] for n in names], axis=1).astype(np.float32)
-            # Raw events and virtual items in one table each (rows 0..E-1 raw, E.. clusters), so a compressed
-            # sequence is one gather per array instead of a select over two sources.
+            for c in versions:
+                missing = [n for n in names if n not in c.means]
+                if missing:
+                    raise DataValidationError("compressed clusters", f"mean_{missing[0]}",
+                                              "a mean for every cross feature of the dataset")
+            # Raw events and the virtual items of every version in one table each (rows 0..E-1 raw, then
+            # each version's clusters), so a compressed sequence is one gather per array instead of a select
+            # over several sources. Version v's cluster rows start at _num_events + _version_base[v].
             self._num_events = len(h.item_id)
-            self._mixed_item = np.concatenate([h.item_id, compressed.rep_item_id]).astype(np.int64)
-            self._mixed_size = np.concatenate([np.ones(len(h.item_id), np.float32),
-                                               compressed.cluster_size.astype(np.float32)])
-            self._mixed_ts = np.concatenate([h.ts.astype(np.float64), compressed.mean_ts.astype(np.float64)])
-            self._mixed_channels = np.concatenate([self._event_channels, cluster_channels])
+            self._snapshots = np.array([c.snapshot_ts for c in versions], np.int64)  # [V]
+            sizes = [len(c.rep_item_id) for c in versions]
+            self._version_base = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)  # [V]
+            self._version_offsets = np.stack([np.asarray(c.offsets, np.int64) for c in versions])  # [V, U + 1]
+            self._mixed_item = np.concatenate([h.item_id] + [c.rep_item_id for c in versions]).astype(np.int64)
+            self._mixed_size = np.concatenate([np.ones(len(h.item_id), np.float32)]
+                                              + [c.cluster_size.astype(np.float32) for c in versions])
+            self._mixed_ts = np.concatenate([h.ts.astype(np.float64)]
+                                            + [c.mean_ts.astype(np.float64) for c in versions])
+            self._mixed_channels = np.concatenate(
+                [self._event_channels]
+                + [np.stack([c.means[n] for n in names], axis=1).astype(np.float32) for c in versions])
 
     # -- slicing -------------------------------------------------------------------------------------
     def _raw_rows(self, lo: np.ndarray, end: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -152,19 +181,20 @@ class BatchBuilder:
 
     def _compressed_sequence(self, users: np.ndarray, ts: np.ndarray, user_lo: np.ndarray,
                              end: np.ndarray) -> SequenceBatch:
-        c = self.compressed
-        assert c is not None
         L = self.config.long_len
         h = self.dataset.histories
-        if (ts < c.snapshot_ts).any():
+        version = np.searchsorted(self._snapshots, ts, side="right") - 1  # [B] latest snapshot <= ts
+        if (version < 0).any():
             raise DataValidationError("samples", "ts", f"sample times at or after the compression snapshot "
-                                      f"{c.snapshot_ts} (clusters would leak later behaviors)",
+                                      f"{int(self._snapshots[0])} (clusters would leak later behaviors)",
                                       f"earliest sample at {int(ts.min())}")
-        snapshot_end = h.end_before(users, np.full_like(ts, c.snapshot_ts))
+        snapshot_end = h.end_before(users, self._snapshots[version])
         raw_lo = np.maximum(user_lo, snapshot_end)
-        num_raw = np.minimum(end - raw_lo, L)                          # [B] raw behaviors in [S, t)
-        c_hi = c.offsets[users + 1]
-        num_clusters = np.minimum(c_hi - c.offsets[users], L - num_raw)  # [B] virtual items that fit
+        cap = L if self.config.raw_cap is None else min(self.config.raw_cap, L)
+        num_raw = np.minimum(end - raw_lo, cap)                        # [B] raw behaviors in [S, t), capped
+        c_lo = self._version_offsets[version, users] + self._version_base[version]
+        c_hi = self._version_offsets[version, users + 1] + self._version_base[version]
+        num_clusters = np.minimum(c_hi - c_lo, L - num_raw)  # [B] virtual items that fit
         pos = np.arange(L, dtype=np.int64)[None, :]                    # [1, L]
         is_raw = pos < num_raw[:, None]
         mask = pos < (num_raw + num_clusters)[:, None]
@@ -177,7 +207,7 @@ class BatchBuilder:
         cross = np.concatenate([self._mixed_channels[rows], gap[..., None]], axis=2)
         cross[~mask] = 0.0
         return SequenceBatch(torch.from_numpy(item), torch.from_numpy(cross), torch.from_numpy(size),
-                             torch.from_numpy(mask))
+                             torch.from_numpy(mask), torch.from_numpy(mask & ~is_raw))
 
     def build(self, samples: Samples, index: np.ndarray | None = None) -> Batch:
         """The batch of ``samples[index]`` (all samples when ``index`` is None)."""

@@ -21,6 +21,7 @@ paths against them.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -31,6 +32,7 @@ from twinv2.models.embeddings import FeatureEmbeddings
 __all__ = [
     "MLP",
     "FeaturePReLU",
+    "GsuTrace",
     "MultiHeadTargetAttention",
     "RelevanceScore",
     "TargetAttention",
@@ -89,17 +91,20 @@ class RelevanceScore(nn.Module):
     """
 
     def __init__(self, key_dim: int, query_dim: int, num_heads: int, head_dim: int, num_cross: int = 0,
-                 cross_dim: int = 0):
+                 cross_dim: int = 0, init: str = "xavier", beta_init: float = 1.0):
         super().__init__()
         self.num_heads, self.head_dim, self.num_cross = num_heads, head_dim, num_cross
         self.key_weight = nn.Parameter(torch.empty(num_heads, key_dim, head_dim))  # W_h
         self.query_weight = nn.Parameter(torch.empty(num_heads, query_dim, head_dim))  # W_q
         for w in (self.key_weight, self.query_weight):
             nn.init.xavier_uniform_(w.view(-1, head_dim))
+        if init == "aligned" and key_dim == query_dim:
+            with torch.no_grad():
+                self.query_weight.copy_(self.key_weight)
         if num_cross:
             # w_aj: channel j's own F-vector per head; beta_a: the weights of the J scalars per head.
             self.cross_weight = nn.Parameter(torch.randn(num_heads, num_cross, cross_dim) / math.sqrt(cross_dim))
-            self.cross_beta = nn.Parameter(torch.full((num_heads, num_cross), 1.0))
+            self.cross_beta = nn.Parameter(torch.full((num_heads, num_cross), float(beta_init)))
 
     def query_kernel(self, query: torch.Tensor) -> torch.Tensor:
         """``W_k_a W_q_a^T q / sqrt(d_k)``: float ``[B, D_q]`` -> ``[B, D_k, H]``."""
@@ -245,6 +250,22 @@ class TargetAttention(nn.Module):
         return self.attention(alpha, keys, seq.mask)
 
 
+@dataclass
+class GsuTrace:
+    """The GSU's choice and the parts of its score (see :meth:`TwinAttention.trace`).
+
+    Attributes:
+        index: int64 ``[B, K]`` chosen positions (walk order); valid: bool ``[B, K]`` real behaviors.
+        relevance: float ``[B, L, H]`` the target-aware term ``(K_h W_h)(q W_q)^T / sqrt(d_k)``.
+        cross_bias: float ``[B, L, H]`` the per-behavior bias ``(K_c W_c) beta``.
+    """
+
+    index: torch.Tensor
+    valid: torch.Tensor
+    relevance: torch.Tensor
+    cross_bias: torch.Tensor
+
+
 class TwinAttention(nn.Module):
     """TWIN's consistency-preserving two-stage attention: one set of parameters scores the whole sequence
     (GSU, hard top-k) and attends over the chosen k (ESU).
@@ -254,10 +275,12 @@ class TwinAttention(nn.Module):
     and no L-long activation is kept for it.
     """
 
-    def __init__(self, features: FeatureEmbeddings, num_heads: int, head_dim: int):
+    def __init__(self, features: FeatureEmbeddings, num_heads: int, head_dim: int, init: str = "xavier",
+                 beta_init: float = 1.0):
         super().__init__()
         self.score = RelevanceScore(features.inherent_dim, features.inherent_dim, num_heads, head_dim,
-                                    num_cross=features.num_cross, cross_dim=features.feature_dim)
+                                    num_cross=features.num_cross, cross_dim=features.feature_dim, init=init,
+                                    beta_init=beta_init)
         self.attention = MultiHeadTargetAttention(features.full_dim, num_heads, head_dim)
 
     @property
@@ -269,6 +292,22 @@ class TwinAttention(nn.Module):
         """alpha (no ln n, no mask): kernel ``[B, D_h, H]``, table ``[R_c, H]``, item_id ``[B, L]``,
         rows ``[B, L, J]`` -> float ``[B, L, H]``."""
         return self.score(features.inherent_blocks(item_id), kernel, cross_bias(table, rows))
+
+    @torch.no_grad()
+    def trace(self, features: FeatureEmbeddings, query: torch.Tensor, seq: SequenceBatch, k: int,
+              use_log_size: bool) -> GsuTrace:
+        """What the GSU sees and picks, for diagnostics: the same scores and merge as :meth:`forward`.
+
+        query float ``[B, D_h]``, seq ``[B, L]`` -> :class:`GsuTrace` with the ``min(k, L)`` chosen
+        positions and the two terms of alpha over the whole sequence (before ``ln n`` and masking).
+        """
+        kernel = self.score.query_kernel(query)  # [B, D_h, H]
+        table = features.cross_projection_table(self.score.cross_weights())  # [R_c, H]
+        relevance = self.score(features.inherent_blocks(seq.item_id), kernel)  # [B, L, H]
+        bias = cross_bias(table, features.cross_rows(seq.cross))  # [B, L, H]
+        alpha = cluster_aware_scores(relevance + bias, seq.size, seq.mask, use_log_size)
+        index, valid = topk_merge(alpha, seq.mask, k)
+        return GsuTrace(index=index, valid=valid, relevance=relevance, cross_bias=bias)
 
     def forward(self, features: FeatureEmbeddings, query: torch.Tensor, seq: SequenceBatch, k: int,
                 use_log_size: bool) -> torch.Tensor:

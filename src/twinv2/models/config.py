@@ -36,6 +36,10 @@ class ModelConfig:
     din_len: int = 100
     use_log_size: bool = True  # twinv2 ablation: False drops the ln n term
     mlp_dims: tuple[int, ...] = (200, 80)
+    # Initialisation of the embedding tables and of TWIN's shared score (see RelevanceScore).
+    embedding_std: float = 0.05
+    score_init: str = "xavier"  # xavier | aligned (W_q starts equal to W_k: the score starts as an inner product)
+    cross_beta_init: float = 1.0
     # Numeric bucketisation (see embeddings.py): features named here are ratios in [0, 1] (uniform buckets);
     # every other numeric gets signed log2 buckets. `label` is a ratio because virtual items carry its mean.
     ratio_features: tuple[str, ...] = ("completion_ratio", "label")
@@ -68,6 +72,10 @@ class ModelConfig:
         if self.sdim_hash_bits > 16:
             raise ConfigError(f"model config 'sdim_hash_bits' must be <= 16 (2**tau buckets), "
                               f"got {self.sdim_hash_bits}")
+        if self.score_init not in ("xavier", "aligned"):
+            raise ConfigError(f"model config 'score_init' must be 'xavier' or 'aligned', got {self.score_init!r}")
+        if not self.embedding_std > 0:
+            raise ConfigError(f"model config 'embedding_std' must be > 0, got {self.embedding_std!r}")
         if not isinstance(self.use_log_size, bool):
             raise ConfigError(f"model config 'use_log_size' must be true or false, got {self.use_log_size!r}")
 

@@ -37,7 +37,6 @@ from twinv2.models.config import ModelConfig
 __all__ = ["FeatureEmbeddings", "log_buckets", "num_log_buckets", "ratio_buckets"]
 
 _LOG_OCTAVES = 32  # |x| < 2**32 gets its own bucket; larger magnitudes share the last one
-_EMBEDDING_STD = 0.05  # small init: initial attention scores near 0, so early softmaxes are nearly uniform
 
 
 def num_log_buckets(per_octave: int) -> int:
@@ -121,7 +120,7 @@ class FeatureEmbeddings(nn.Module):
         self.cross_embedding = nn.Embedding(int(sum(cross_rows)), self.feature_dim)
 
         for table in (self.id_embedding, self.item_feature_embedding, self.cross_embedding):
-            nn.init.normal_(table.weight, std=_EMBEDDING_STD)
+            nn.init.normal_(table.weight, std=config.embedding_std)
         with torch.no_grad():
             self.id_embedding.weight[0].zero_()
 

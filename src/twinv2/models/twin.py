@@ -22,7 +22,8 @@ class TwinLongTerm(LongTermModule):
 
     def __init__(self, config: ModelConfig, features: FeatureEmbeddings):
         super().__init__(config, features)
-        self.twin = TwinAttention(features, config.num_heads, config.head_dim)
+        self.twin = TwinAttention(features, config.num_heads, config.head_dim, init=config.score_init,
+                                  beta_init=config.cross_beta_init)
         self.out_dim = self.twin.out_dim
 
     def use_log_size(self) -> bool:

@@ -111,7 +111,10 @@ def save_checkpoint(path: str | os.PathLike, model: CTRModel, *, config: TrainCo
         "dataset_identity": dataset_identity(dataset),
         "items": {name: torch.from_numpy(np.ascontiguousarray(col)) for name, col in items.items()},
         "dataset_path": str(Path(dataset_path).resolve()),
-        "compressed_path": None if compressed_path is None else str(Path(compressed_path).resolve()),
+        # One folder, or several (the offline job on a cadence: each sample reads the latest version).
+        "compressed_path": (None if compressed_path is None else str(Path(compressed_path).resolve())
+                            if not isinstance(compressed_path, (list, tuple))
+                            else [str(Path(p).resolve()) for p in compressed_path]),
         "train_state": train_state,
         "item_embeddings": model.item_embedding_table().detach().cpu().float().contiguous(),
     }

@@ -68,6 +68,9 @@ class DataConfig:
     """
 
     long_len: int = 1000
+    # TWIN-V2's long sequence: at most raw_cap raw behaviors since the compression snapshot, then virtual
+    # items (None = raw first until L is full). See SequenceConfig.raw_cap.
+    raw_cap: int | None = None
     max_train_samples: int | None = None
     max_valid_samples: int | None = 50_000
     max_test_samples: int | None = None
@@ -89,6 +92,9 @@ class OptimConfig:
 
     embedding: str = "adagrad"
     embedding_lr: float = 0.5
+    # Adagrad's starting accumulator: with 0, the first step moves every touched coordinate by the full lr
+    # whatever the gradient's size, so a rarely seen id jumps by about lr in every dimension (noise).
+    embedding_initial_accumulator: float = 0.0
     dense: str = "adam"
     dense_lr: float = 1e-3
     weight_decay: float = 0.0
@@ -149,6 +155,8 @@ class TrainConfig:
             raise bad("train.device", "'auto', 'cpu', 'cuda' or 'cuda:N'", self.train.device)
         if self.data.long_len < 1:
             raise bad("data.long_len", "an integer >= 1", self.data.long_len)
+        if self.data.raw_cap is not None and self.data.raw_cap < 0:
+            raise bad("data.raw_cap", "null or an integer >= 0", self.data.raw_cap)
         for key in ("max_train_samples", "max_valid_samples", "max_test_samples"):
             value = getattr(self.data, key)
             if value is not None and value < 1:
@@ -159,6 +167,9 @@ class TrainConfig:
         for key in ("embedding_lr", "dense_lr"):
             if not getattr(self.optim, key) > 0:
                 raise bad(f"optim.{key}", "a positive learning rate", getattr(self.optim, key))
+        if not self.optim.embedding_initial_accumulator >= 0:
+            raise bad("optim.embedding_initial_accumulator", "a value >= 0",
+                      self.optim.embedding_initial_accumulator)
         if self.optim.weight_decay < 0:
             raise bad("optim.weight_decay", "a value >= 0", self.optim.weight_decay)
         if self.optim.grad_clip is not None and not self.optim.grad_clip > 0:
@@ -341,7 +352,10 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | di
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
         try:
-            data = yaml.safe_load(path.read_text())
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: expected UTF-8 text, found the byte 0x{exc.object[exc.start]:02x} at offset "
+                              f"{exc.start}") from exc
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
         config = config_from_dict(data or {}, source=str(path), base=config)

@@ -29,6 +29,7 @@ from twinv2.data.store import Dataset, load_dataset
 from twinv2.errors import ConfigError
 from twinv2.models import CTRModel
 from twinv2.train._runtime import resolve_device, torch_threads
+from twinv2.train.inputs import CompressedPaths, open_compressed_versions
 from twinv2.train.metrics import UndefinedMetricWarning, evaluate_predictions
 
 __all__ = [
@@ -155,10 +156,10 @@ def evaluate_samples(model: CTRModel, builder: BatchBuilder, samples: Samples, w
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, split: str = "test", *,
                         dataset: str | os.PathLike | Dataset | None = None,
-                        compressed: str | os.PathLike | None = None, batch_size: int | None = None,
+                        compressed: CompressedPaths | None = None, batch_size: int | None = None,
                         max_samples: int | None = None, device: str = "auto", seed: int = 0,
                         num_threads: int = 0, console: Console | None = None,
-                        show_progress: bool = True) -> dict[str, Any]:
+                        show_progress: bool = True, diagnostics: bool = False) -> dict[str, Any]:
     """Evaluate a checkpoint on one window of its own temporal split.
 
     Args:
@@ -172,11 +173,12 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, split: str = "test", *,
         max_samples: seeded subsample of the window (``None`` = the config's ``data.max_test_samples`` for
             the test window, all events otherwise).
         num_threads: torch threads (0 = every core but one, see :func:`default_num_threads`).
+        diagnostics: also report the GSU's retrieval diagnostics on (at most 5,000 of) the same samples
+            (:func:`twinv2.train.diagnostics.retrieval_diagnostics`) under ``diagnostics``.
     Returns:
-        :func:`metrics_report` plus ``split``, ``model``, ``checkpoint``, ``seconds``.
+        :func:`metrics_report` plus ``split``, ``model``, ``checkpoint``, ``seconds`` (and ``diagnostics``).
     """
     from twinv2.train.checkpoint import check_dataset_matches, load_checkpoint
-    from twinv2.train.loop import open_compressed
 
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; expected one of {SPLITS}")
@@ -188,8 +190,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, split: str = "test", *,
     comp = None
     if info.sequence_config.long_source == "compressed":
         comp_path = compressed if compressed is not None else info.compressed_path
-        comp = open_compressed(comp_path, dataset, info.split.window(split)[0], window=split,
-                               model_name=info.config.model.long_term)
+        comp = open_compressed_versions(comp_path, dataset, info.split.window(split)[0], window=split,
+                                        model_name=info.config.model.long_term)
     builder = BatchBuilder(dataset, info.sequence_config, comp)
     if max_samples is None and split == "test":
         max_samples = info.config.data.max_test_samples
@@ -200,6 +202,11 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, split: str = "test", *,
                                   batch_size=batch_size or info.config.train.eval_batch_size, device=dev,
                                   console=console, show_progress=show_progress,
                                   description=f"evaluate {info.config.model.long_term} on {split}")
+        if diagnostics:
+            from twinv2.train.diagnostics import retrieval_diagnostics
+
+            report["diagnostics"] = retrieval_diagnostics(model, builder, samples, device=dev, seed=seed,
+                                                          batch_size=batch_size or info.config.train.eval_batch_size)
     return {"split": split, "model": info.config.model.long_term, "checkpoint": str(Path(checkpoint)),
             **report}
 
@@ -238,4 +245,41 @@ def render_evaluation(report: dict[str, Any]):
         b = report["groups"][name]
         lengths = "" if b["history_length_min"] is None else f"{b['history_length_min']}-{b['history_length_max']}"
         row(name, b, lengths)
+    diag = report.get("diagnostics")
+    if diag is None:
+        return table
+    from rich.console import Group
+
+    return Group(table, render_diagnostics(diag))
+
+
+_DIAGNOSTIC_ROWS = (
+    ("category_hit_rate", "GSU category hit rate (share of the k kept with the target's category)", "{:.3f}"),
+    ("category_share_in_long", "same share over the whole L (random choice)", "{:.3f}"),
+    ("retrieval_lift", "retrieval lift (hit rate / share in L)", "{:.2f}"),
+    ("category_recall", "category recall (kept / min(k, same-category in L); sim_hard: 1)", "{:.3f}"),
+    ("relevance_abs", "mean |relevance term| of the kept", "{:.3f}"),
+    ("cross_bias_abs", "mean |cross bias| of the kept", "{:.3f}"),
+    ("log_size_abs", "mean ln n of the kept", "{:.3f}"),
+    ("virtual_share", "virtual items among the kept", "{:.3f}"),
+    ("selected_age_days_median", "median age of the kept (days)", "{:.1f}"),
+    ("long_age_days_median", "median age over L (days)", "{:.1f}"),
+    ("same_category_in_long_mean", "same-category behaviors in L per sample", "{:.1f}"),
+    ("share_without_same_category", "samples with none in L", "{:.3f}"),
+)
+
+
+def render_diagnostics(diag: dict[str, Any]):
+    """A rich table of :func:`~twinv2.train.diagnostics.retrieval_diagnostics`' output."""
+    from rich.table import Table
+
+    table = Table(title=f"retrieval diagnostics ({diag['num_samples']} samples, L = {diag['long_len']}, "
+                        f"k = {diag['esu_size']}, category = {diag['category']})")
+    table.add_column("diagnostic")
+    table.add_column("value", justify="right")
+    for key, label, fmt in _DIAGNOSTIC_ROWS:
+        if key in diag:
+            table.add_row(label, fmt.format(diag[key]))
+    if not diag["learned_gsu"]:
+        table.caption = "this model has no learned GSU: dataset-side rows only"
     return table

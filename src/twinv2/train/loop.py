@@ -42,20 +42,21 @@ from torch import nn
 from twinv2._io import atomic_file, write_json_atomic
 from twinv2._progress import make_progress
 from twinv2.data.batches import BatchBuilder, SequenceConfig
-from twinv2.data.split import TemporalSplit, make_samples
+from twinv2.data.split import make_samples
 from twinv2.data.store import Dataset, load_dataset
-from twinv2.errors import CheckpointError, CompressionError, ConfigError
+from twinv2.errors import CheckpointError, ConfigError
 from twinv2.models import CTRModel, build_model
 from twinv2.train._runtime import resolve_device, torch_threads
 from twinv2.train.checkpoint import (
     check_dataset_matches,
-    dataset_identity,
     load_checkpoint,
     read_checkpoint,
     save_checkpoint,
 )
 from twinv2.train.config import TrainConfig, config_from_dict, config_to_dict
+from twinv2.train.diagnostics import has_learned_gsu, retrieval_diagnostics
 from twinv2.train.evaluate import evaluate_samples
+from twinv2.train.inputs import CompressedPaths, make_split, open_compressed, open_compressed_versions
 
 __all__ = ["RESUMABLE_KEYS", "TrainResult", "config_for_resume", "make_split", "open_compressed", "run_training",
            "split_parameters", "train_model"]
@@ -95,78 +96,18 @@ class TrainResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def make_split(dataset: Dataset, config: TrainConfig) -> TemporalSplit:
-    """The temporal split of ``dataset`` at the config's event-count fractions."""
-    s = config.split
-    return TemporalSplit.from_fractions(dataset.histories.ts, snapshot=s.snapshot, valid=s.valid, test=s.test)
-
-
-def open_compressed(path: str | os.PathLike | None, dataset: Dataset, window_start: int, *,
-                    model_name: str, window: str = "train") -> Any:
-    """Load compressed life cycles for ``dataset`` and check that they belong to it and may be used for
-    samples from ``window_start`` on.
-
-    Clusters may only hold behaviors before every sample they serve, so the compression snapshot must not
-    be later than ``window_start`` (the start of the train window when training; of the evaluated window
-    when evaluating: clusters refreshed at the test start serve the test window without leakage).
-
-    Raises:
-        ConfigError: no folder given for a model that reads compressed life cycles.
-        CompressionError: the folder was built from another dataset, or its snapshot is later than
-            ``window_start``.
-    """
-    from twinv2.compress import load_compressed
-
-    if path is None:
-        raise ConfigError(f"model '{model_name}' reads compressed life cycles: pass --compressed DIR "
-                          "(a folder written by `twinv2 compress` for this dataset)")
-    comp = load_compressed(path)
-    meta = comp.manifest
-    # The job records the dataset it read; compare the identity a checkpoint is checked against (the
-    # fields the job records), then the strongest cheap check: every user's clusters hold exactly the
-    # user's behaviors before the snapshot.
-    recorded = dict(meta.get("job", {}).get("dataset", {}))
-    recorded.setdefault("fingerprint", meta.get("dataset_fingerprint"))
-    recorded.setdefault("num_users", len(comp.offsets) - 1)
-    expected = dataset_identity(dataset.manifest)
-    differs = [k for k in expected if k in recorded and recorded[k] != expected[k]]
-    h = dataset.histories
-    if not differs and len(comp.offsets) == h.num_users + 1:
-        users = np.arange(h.num_users, dtype=np.int64)
-        before = h.end_before(users, np.full(h.num_users, comp.snapshot_ts, dtype=np.int64)) - h.offsets[:-1]
-        members = np.concatenate([[0], np.cumsum(comp.cluster_size)])[comp.offsets]
-        bad = np.flatnonzero(np.diff(members) != before)
-        if bad.size:
-            u = int(bad[0])
-            raise CompressionError(
-                f"{path}: compressed life cycles of another dataset ({meta.get('dataset_path', 'unknown path')}): "
-                f"user {u} has {int(before[u])} behaviors before the snapshot in {dataset.path} but its clusters "
-                f"hold {int(members[u + 1] - members[u])} ({bad.size} users differ); rerun `twinv2 compress` on "
-                "this dataset")
-    if differs:
-        key = differs[0]
-        raise CompressionError(
-            f"{path}: compressed life cycles of another dataset ({meta.get('dataset_path', 'unknown path')}): "
-            f"'{key}' is {recorded[key]!r} there and {expected[key]!r} in {dataset.path}; rerun "
-            "`twinv2 compress` on this dataset")
-    if comp.snapshot_ts > window_start:
-        raise CompressionError(
-            f"{path}: compression snapshot {comp.snapshot_ts} is after the start of the {window} window "
-            f"{window_start}: its clusters would hold behaviors later than the first {window} samples; compress "
-            f"with --snapshot-ts <= {window_start}")
-    return comp
-
-
 def split_parameters(model: CTRModel) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     """(embedding-table parameters, dense parameters) with ``requires_grad``, each parameter in one list."""
     return [p for p in model.embedding_parameters() if p.requires_grad], model.dense_parameters()
 
 
-def _optimizer(name: str, params: list[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+def _optimizer(name: str, params: list[nn.Parameter], lr: float, weight_decay: float,
+               initial_accumulator: float = 0.0) -> torch.optim.Optimizer:
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     if name == "adagrad":
-        return torch.optim.Adagrad(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.Adagrad(params, lr=lr, weight_decay=weight_decay,
+                                   initial_accumulator_value=initial_accumulator)
     return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
 
 
@@ -213,7 +154,7 @@ def _write_config(path: Path, config: TrainConfig, extra: dict[str, Any]) -> Non
 
 
 def train_model(dataset: str | os.PathLike | Dataset, out: str | os.PathLike, config: TrainConfig, *,
-                compressed: str | os.PathLike | None = None, resume: bool = False, overwrite: bool = False,
+                compressed: CompressedPaths | None = None, resume: bool = False, overwrite: bool = False,
                 show_progress: bool = True, console: Console | None = None) -> TrainResult:
     """Train ``config.model.long_term`` on ``dataset`` and write a run folder at ``out``.
 
@@ -222,7 +163,9 @@ def train_model(dataset: str | os.PathLike | Dataset, out: str | os.PathLike, co
         out: run folder (created); holds ``best.pt``, ``last.pt``, ``history.json``, ``config.yaml``.
         config: the full config; with ``resume`` it must equal the saved one except for
             :data:`RESUMABLE_KEYS`.
-        compressed: compressed life-cycle folder, required by models that read them (``twinv2``).
+        compressed: compressed life-cycle folder, required by models that read them (``twinv2``); or a
+            list of versions of it (the offline job on a cadence inside the train window: each sample reads
+            the latest version built before it, so training sees the raw/virtual mix that serving sees).
         resume: continue from ``out/last.pt``.
         overwrite: allow writing into a folder that already holds a run (without resuming it).
     Raises:
@@ -263,10 +206,10 @@ def train_model(dataset: str | os.PathLike | Dataset, out: str | os.PathLike, co
         torch.manual_seed(seed)
         model = build_model(config.model, manifest, dataset.items).to(device)
         seq = SequenceConfig(long_len=config.data.long_len, short_len=config.model.short_len,
-                             long_source=model.long_source())
+                             long_source=model.long_source(), raw_cap=config.data.raw_cap)
         comp = None
         if seq.long_source == "compressed":
-            comp = open_compressed(compressed, dataset, split.snapshot_ts, model_name=model_name)
+            comp = open_compressed_versions(compressed, dataset, split.snapshot_ts, model_name=model_name)
         elif compressed is not None and not resume:
             console.print(f"note: model '{model_name}' reads raw behaviors; --compressed is ignored")
             compressed = None
@@ -278,7 +221,8 @@ def train_model(dataset: str | os.PathLike | Dataset, out: str | os.PathLike, co
 
         emb_params, dense_params = split_parameters(model)
         opt_emb = _optimizer(config.optim.embedding, emb_params, config.optim.embedding_lr,
-                             config.optim.weight_decay) if emb_params else None
+                             config.optim.weight_decay, config.optim.embedding_initial_accumulator
+                             ) if emb_params else None
         opt_dense = _optimizer(config.optim.dense, dense_params, config.optim.dense_lr, config.optim.weight_decay)
 
         state: dict[str, Any] = {"epoch": 0, "batch_in_epoch": 0, "step": 0, "best_gauc": -math.inf,
@@ -329,6 +273,13 @@ def train_model(dataset: str | os.PathLike | Dataset, out: str | os.PathLike, co
             entry = {"epoch": state["epoch"], "step": state["step"], "train_loss": state["running_loss"],
                      "auc": report["auc"], "gauc": report["gauc"], "logloss": report["logloss"],
                      "gauc_users": report["gauc_users"], "seconds": report["seconds"]}
+            if has_learned_gsu(model):
+                # How target-aware the GSU is so far (on 2,000 validation samples; a few seconds).
+                diag = retrieval_diagnostics(model, builder, valid_samples, max_samples=2000, device=device,
+                                             batch_size=config.train.eval_batch_size)
+                entry.update({f"gsu_{k}": diag[k] for k in ("category_recall", "category_hit_rate",
+                                                             "relevance_abs", "cross_bias_abs")})
+                model.train()
             state["history"].append(entry)
             gauc = report["gauc"]
             improved = not math.isnan(gauc) and gauc > state["best_gauc"]
@@ -450,7 +401,7 @@ def config_for_resume(out: str | os.PathLike) -> TrainConfig:
 
 
 def run_training(out: str | os.PathLike, *, dataset: str | os.PathLike | None = None, model: str | None = None,
-                 compressed: str | os.PathLike | None = None, config_file: str | os.PathLike | None = None,
+                 compressed: CompressedPaths | None = None, config_file: str | os.PathLike | None = None,
                  overrides: list[str] | None = None, options: dict[str, Any] | None = None,
                  resume: bool = False, overwrite: bool = False, show_progress: bool = True,
                  console: Console | None = None) -> TrainResult:
