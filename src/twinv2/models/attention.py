@@ -206,12 +206,15 @@ class MultiHeadTargetAttention(nn.Module):
     so the cost is ``K * D * H`` instead of ``K * D * H * d_v``.
     """
 
-    def __init__(self, value_dim: int, num_heads: int, head_dim: int):
+    def __init__(self, value_dim: int, num_heads: int, head_dim: int, null_slot: bool = False):
         super().__init__()
         self.num_heads, self.head_dim = num_heads, head_dim
         self.value_weight = nn.Parameter(torch.empty(num_heads, value_dim, head_dim))  # W_v
         nn.init.xavier_uniform_(self.value_weight.view(-1, head_dim))
         self.out = nn.Linear(num_heads * head_dim, num_heads * head_dim, bias=False)  # W_o
+        # Optional "nothing relevant" slot: a zero value with a learned score per head joins the softmax, so
+        # the weights of the real items may sum to less than 1 when none of them scores well.
+        self.null_logit = nn.Parameter(torch.zeros(num_heads)) if null_slot else None
 
     @property
     def out_dim(self) -> int:
@@ -221,8 +224,13 @@ class MultiHeadTargetAttention(nn.Module):
         """alpha float ``[B, K, H]``, values ``[B, K, D]``, mask bool ``[B, K]`` -> float ``[B, H * d_v]``.
 
         A row without any real item yields zeros (W_o has no bias)."""
-        B = alpha.shape[0]
-        weights = masked_softmax(alpha, mask)  # [B, K, H]
+        B, K, H = alpha.shape
+        if self.null_logit is not None:
+            alpha = torch.cat([alpha, self.null_logit.expand(B, 1, H)], dim=1)  # [B, K + 1, H]
+            mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
+            weights = masked_softmax(alpha, mask)[:, :K]  # the null slot's value is zero: drop its weight
+        else:
+            weights = masked_softmax(alpha, mask)  # [B, K, H]
         pooled = torch.bmm(weights.transpose(1, 2), values)  # [B, H, D]
         heads = torch.bmm(pooled.transpose(0, 1), self.value_weight)  # [H, B, d_v]
         return self.out(heads.transpose(0, 1).reshape(B, -1))  # concat heads: [B, H * d_v]
@@ -276,12 +284,12 @@ class TwinAttention(nn.Module):
     """
 
     def __init__(self, features: FeatureEmbeddings, num_heads: int, head_dim: int, init: str = "xavier",
-                 beta_init: float = 1.0):
+                 beta_init: float = 1.0, null_slot: bool = False):
         super().__init__()
         self.score = RelevanceScore(features.inherent_dim, features.inherent_dim, num_heads, head_dim,
                                     num_cross=features.num_cross, cross_dim=features.feature_dim, init=init,
                                     beta_init=beta_init)
-        self.attention = MultiHeadTargetAttention(features.full_dim, num_heads, head_dim)
+        self.attention = MultiHeadTargetAttention(features.full_dim, num_heads, head_dim, null_slot=null_slot)
 
     @property
     def out_dim(self) -> int:

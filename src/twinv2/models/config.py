@@ -40,6 +40,7 @@ class ModelConfig:
     embedding_std: float = 0.05
     score_init: str = "xavier"  # xavier | aligned (W_q starts equal to W_k: the score starts as an inner product)
     cross_beta_init: float = 1.0
+    esu_null_slot: bool = False  # twin/twinv2 ESU: a learned "nothing relevant" slot joins the softmax
     # Numeric bucketisation (see embeddings.py): features named here are ratios in [0, 1] (uniform buckets);
     # every other numeric gets signed log2 buckets. `label` is a ratio because virtual items carry its mean.
     ratio_features: tuple[str, ...] = ("completion_ratio", "label")
