@@ -12,6 +12,8 @@ __all__ = [
     "ConfigError",
     "DataValidationError",
     "EmbeddingError",
+    "RequestError",
+    "StoreError",
     "Twinv2Error",
 ]
 
@@ -50,3 +52,16 @@ class CompressionError(Twinv2Error, ValueError):
 
 class CheckpointError(Twinv2Error, ValueError):
     """A checkpoint is unreadable or does not match the dataset it is used with."""
+
+
+class RequestError(Twinv2Error, ValueError):
+    """A serving request (score, events, admin) is invalid; ``field`` names the request field at fault
+    (``candidates[3]``, ``events[0].ts``) and ``status`` is the HTTP status the service answers with."""
+
+    def __init__(self, field: str, message: str, status: int = 422):
+        self.field, self.status = field, status
+        super().__init__(f"{field}: {message}")
+
+
+class StoreError(Twinv2Error, RuntimeError):
+    """The serving store is unreachable, or holds data this version of twinv2 cannot read."""

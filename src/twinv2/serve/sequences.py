@@ -114,7 +114,8 @@ def describe_positions(state: UserState, long: SequenceBatch, request_ts: int,
     item = long.item_id[0].numpy()
     size = long.size[0].numpy()
     gap = long.cross[0, :, -1].numpy().astype(np.float64)  # time_gap is the last channel
-    virtual = None if long.virtual is None else long.virtual[0].numpy()
+    flags = getattr(long, "virtual", None)  # set by compressed compositions: True where a virtual item sits
+    virtual = None if flags is None else flags[0].numpy()
     ev, cl = state.events, state.clusters
     out = []
     for p in positions.tolist():

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from twinv2.errors import StoreError
 from twinv2.serve.state import RawEvents, UserState, decode_arrays, encode_arrays
 from twinv2.serve.store import (
     AppendResult,
@@ -24,7 +25,6 @@ from twinv2.serve.store import (
     EventRejectedError,
     Folder,
     LifeCycleStore,
-    StoreError,
     StoreSize,
     VersionInfo,
     assemble_events,

@@ -29,23 +29,15 @@ from twinv2.compress.cluster import ClusterConfig
 from twinv2.compress.job import UserCompressor
 from twinv2.compress.store import empty_columns, virtual_item_schema
 from twinv2.data.batches import SequenceConfig
-from twinv2.errors import ConfigError, Twinv2Error
+from twinv2.errors import ConfigError, RequestError, StoreError
 from twinv2.serve.state import RawEvents, UserState
 
 __all__ = ["AppendResult", "Event", "EventRejectedError", "Folder", "LifeCycleStore", "StoreError", "StoreSize",
            "VersionInfo", "context_length", "make_folder", "open_store"]
 
 
-class StoreError(Twinv2Error, RuntimeError):
-    """The store is unreachable, or holds data this version of twinv2 cannot read."""
-
-
-class EventRejectedError(Twinv2Error, ValueError):
-    """A live event cannot be accepted; ``field`` names the offending request field."""
-
-    def __init__(self, field: str, message: str):
-        self.field = field
-        super().__init__(f"{field}: {message}")
+class EventRejectedError(RequestError):
+    """A live event cannot be accepted (older than its user's snapshot); ``field`` names it."""
 
 
 @dataclass(frozen=True)
