@@ -453,6 +453,45 @@ def demo_cmd(
     console.print(f"report: {result.report_path}", highlight=False)
 
 
+@app.command("serve")
+@friendly_errors
+def serve_cmd(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="The model to serve (a `twinv2 train` checkpoint)."),
+    compressed: Path | None = typer.Option(None, "--compressed", help="A `twinv2 compress` folder to load as the "
+                                           "active version (needed on the first start of a twinv2 model)."),
+    store: str = typer.Option("sqlite://twinv2-serve.db", "--store", help="sqlite:///PATH.db (or a path), or "
+                              "redis://HOST:PORT/DB."),
+    dataset: Path | None = typer.Option(None, "--dataset", help="Raw behaviors of the first load (default: the "
+                                        "dataset the compression job or the training read)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Bind address (loopback by default)."),
+    port: int = typer.Option(8000, "--port", help="TCP port."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Worker processes (each holds a model and cache)."),
+    threads: int = typer.Option(1, "--threads", min=1, help="Torch threads per worker."),
+    fold_cap: int | None = typer.Option(None, "--fold-cap", help="Raw behaviors since a user's snapshot before "
+                                        "the oldest are folded into clusters (default: the model's raw_cap or 256)."),
+    max_candidates: int = typer.Option(2000, "--max-candidates", min=1, help="Candidates per request."),
+    oov: str = typer.Option("reject", "--oov", help="Unknown candidate ids: reject (422) or unknown (score as "
+                            "the unknown item)."),
+    admin_token: str | None = typer.Option(None, "--admin-token", envvar="TWINV2_ADMIN_TOKEN",
+                                           help="Bearer token of /v1/admin/reload (default: admin disabled)."),
+) -> None:
+    """Serve a checkpoint over HTTP: scores with explanations, live events, metrics (OpenAPI at /docs)."""
+    from twinv2.serve.server import run_server
+    from twinv2.serve.service import ServeConfig
+
+    config = ServeConfig(checkpoint=str(checkpoint), store=store, compressed=None if compressed is None else
+                         str(compressed), dataset=None if dataset is None else str(dataset), fold_cap=fold_cap,
+                         max_candidates=max_candidates, oov=oov, admin_token=admin_token, threads=threads)
+
+    def ready(service: Any) -> None:
+        health = service.health()
+        console.print(f"serving {health['long_term']} {health['model_version']} on http://{host}:{port} "
+                      f"(store {health['store']}, snapshot {health['snapshot_ts']}, {workers} worker(s))",
+                      highlight=False)
+
+    run_server(config, host=host, port=port, workers=workers, on_ready=ready)
+
+
 def main() -> None:
     """Entry point of the ``twinv2`` console script."""
     app()
