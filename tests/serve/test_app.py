@@ -24,8 +24,8 @@ def _event(i: int, user: int = HEAVY_USER, ts: int = 10_500, **over):
 
 
 @pytest.fixture
-def client(serve_data, tmp_path):
-    config = ServeConfig(checkpoint=str(serve_data["twinv2"]), store=f"sqlite://{tmp_path / 's.db'}",
+def client(serve_data, store_url):
+    config = ServeConfig(checkpoint=str(serve_data["twinv2"]), store=store_url,
                          compressed=str(serve_data["compressed"]), admin_token=TOKEN, fold_cap=6, poll_seconds=0)
     service = Service(config)
     with TestClient(create_app(service)) as c:
