@@ -7,6 +7,7 @@ renamed into place, so an interrupted job leaves either the old output or the ne
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -17,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["atomic_dir", "atomic_file", "load_torch_dict", "save_figure_atomic", "save_npy_atomic", "write_json_atomic"]
+__all__ = ["atomic_dir", "atomic_file", "atomic_files", "load_npy", "load_torch_dict", "read_json_object",
+           "save_figure_atomic", "save_npy_atomic", "write_json_atomic"]
 
 
 @contextlib.contextmanager
@@ -49,6 +51,56 @@ def save_npy_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
     """Save one array in ``.npy`` format atomically."""
     with atomic_file(path, "wb") as fh:
         np.save(fh, array)
+
+
+@contextlib.contextmanager
+def atomic_files(*paths: str | os.PathLike) -> Iterator[list[Path]]:
+    """Write several files as one unit: yield one temporary path per target; when the block succeeds,
+    rename them all into place, and if any rename fails, put back what was there before.
+
+    Everything that can fail for lack of space or a bad value (writing, flushing) happens in the block, on
+    the temporaries; only renames follow, so the targets end up all new or all as before: never a new ids
+    file beside an old matrix. (A crash of the machine between two renames is the one gap left.)
+    """
+    targets = [Path(p) for p in paths]
+    for target in targets:
+        if target.is_dir():  # never replace a folder by a file
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(target))
+    tmps: list[Path] = []
+    try:
+        for target in targets:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+            os.close(fd)
+            tmps.append(Path(tmp))
+        yield list(tmps)
+        for tmp in tmps:
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+        backups: list[tuple[Path, Path | None]] = []
+        try:
+            for target, tmp in zip(targets, tmps, strict=True):
+                backup = None
+                if target.exists():
+                    backup = target.with_name(f".{target.name}.old-{os.getpid()}")
+                    os.replace(target, backup)
+                backups.append((target, backup))
+                os.replace(tmp, target)
+        except BaseException:
+            for target, backup in reversed(backups):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(target)
+                if backup is not None:
+                    os.replace(backup, target)
+            raise
+        for _, backup in backups:
+            if backup is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(backup)
+    finally:
+        for tmp in tmps:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
 
 
 @contextlib.contextmanager
@@ -88,6 +140,50 @@ def save_figure_atomic(fig: Any, path: str | os.PathLike) -> Path:
         fig.savefig(fh, format="png")
     plt.close(fig)
     return path
+
+
+def load_npy(path: str | os.PathLike) -> np.ndarray:
+    """``np.load`` of one ``.npy`` array (no pickles) whose failures name the file.
+
+    Raises:
+        DataValidationError: the file is missing, truncated, not in ``.npy`` format or holds objects.
+    """
+    from twinv2.errors import DataValidationError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataValidationError(str(path), None, "an existing .npy file", "no such file")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as exc:  # numpy reports damage as any of these
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataValidationError(str(path), None, "a readable .npy array", reason) from exc
+    if not isinstance(array, np.ndarray):
+        raise DataValidationError(str(path), None, "one .npy array", type(array).__name__)
+    return array
+
+
+def read_json_object(path: str | os.PathLike, what: str = "a JSON object") -> dict[str, Any]:
+    """Read a UTF-8 JSON file that must hold an object; failures name the file.
+
+    Raises:
+        DataValidationError: not UTF-8, not valid JSON, or not an object. (A missing file is the caller's
+            to report: it knows what the file is for.)
+    """
+    from twinv2.errors import DataValidationError
+
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise DataValidationError(str(path), None, "UTF-8 text",
+                                  f"the undecodable byte 0x{exc.object[exc.start]:02x} at offset {exc.start}"
+                                  ) from exc
+    except json.JSONDecodeError as exc:
+        raise DataValidationError(str(path), None, "valid JSON", str(exc)) from exc
+    if not isinstance(obj, dict):
+        raise DataValidationError(str(path), None, what, f"a JSON {type(obj).__name__}")
+    return obj
 
 
 def load_torch_dict(path: str | os.PathLike) -> dict[str, Any]:

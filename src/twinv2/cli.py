@@ -16,26 +16,92 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from twinv2.errors import ConfigError, Twinv2Error
 
-app = typer.Typer(help="Life-cycle user behavior modeling for CTR prediction (TWIN-V2).", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
-data_app = typer.Typer(help="Create, import and describe datasets.", no_args_is_help=True)
-app.add_typer(data_app, name="data")
 console = Console(stderr=True)
 
 
+def _one_line_usage_error(exc: Exception) -> None:
+    """Print a command-line usage error (bad option value, unknown option, missing option) as ONE line
+    naming the command and the option, and exit 2; anything else (help on a bare group) passes through."""
+    format_message = getattr(exc, "format_message", None)
+    if type(exc).__name__ == "NoArgsIsHelpError" or getattr(exc, "exit_code", None) != 2 or format_message is None:
+        raise exc
+    ctx = getattr(exc, "ctx", None)
+    where = f"{ctx.command_path}: " if ctx is not None else ""
+    hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    message = " ".join(str(format_message()).split())  # one line, whatever the library wrapped
+    console.print(f"[bold red]error:[/] {where}{message}{hint}", highlight=False, soft_wrap=True, markup=True)
+    raise typer.Exit(code=2) from exc
+
+
+class _OneLineErrorsGroup(TyperGroup):
+    """The root command group: usage errors of any subcommand become one line, like library errors."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except typer.TyperException as exc:
+            _one_line_usage_error(exc)
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except typer.TyperException as exc:
+            _one_line_usage_error(exc)
+
+
+app = typer.Typer(help="Life-cycle user behavior modeling for CTR prediction (TWIN-V2).", no_args_is_help=True,
+                  pretty_exceptions_enable=False, cls=_OneLineErrorsGroup)
+data_app = typer.Typer(help="Create, import and describe datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line for a failed file operation: the file(s), then what went wrong (permission denied, disk
+    full, not a directory...), whatever the raising library put in ``str(exc)``."""
+    files = [str(f) for f in (exc.filename, exc.filename2) if f is not None]
+    if exc.strerror and files:
+        return f"{' -> '.join(files)}: {exc.strerror}"
+    return str(exc) or type(exc).__name__
+
+
+def check_can_create(path: Path) -> None:
+    """Fail early, naming the path, where ``path`` cannot become a folder: it is a file, a file sits among
+    its parents, or the folder that would hold it is not writable (tried with a temporary folder)."""
+    import errno
+    import tempfile
+
+    if path.exists():
+        if not path.is_dir():
+            raise FileExistsError(errno.EEXIST, "exists and is not a folder", str(path))
+        holder = path
+    else:
+        holder = path.parent
+        while not holder.exists() and holder != holder.parent:
+            holder = holder.parent
+        if not holder.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(holder))
+    tempfile.TemporaryDirectory(dir=holder).cleanup()
+
+
 def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn library errors into a one-line message and exit code 2 instead of a traceback."""
+    """Turn library errors and failed file operations into a one-line message and exit code 2 instead of
+    a traceback. Other exceptions are bugs and keep their traceback, so that they get reported."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (Twinv2Error, FileNotFoundError, FileExistsError) as exc:
-            console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(code=2) from exc
+        except Twinv2Error as exc:
+            message = str(exc)
+        except OSError as exc:  # not found, permission denied, disk full, read-only filesystem...
+            message = os_error_message(exc)
+        console.print(f"[bold red]error:[/] {' '.join(message.splitlines())}", highlight=False, soft_wrap=True,
+                      markup=True)
+        raise typer.Exit(code=2)
 
     return wrapper
 
@@ -52,10 +118,10 @@ def print_json(obj: Any) -> None:
 @friendly_errors
 def data_synth(
     out: Path = typer.Option(..., "--out", help="Dataset folder to write (an existing dataset folder is replaced)."),
-    users: int | None = typer.Option(None, "--users", help="Number of users (default: the scale's preset)."),
+    users: int | None = typer.Option(None, "--users", min=1, help="Number of users (default: the scale's preset)."),
     scale: str = typer.Option("default", "--scale", help="Preset size: small, default or large."),
-    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same dataset."),
-    max_events: int | None = typer.Option(None, "--max-events",
+    seed: int = typer.Option(0, "--seed", min=0, help="Random seed; the same seed gives the same dataset."),
+    max_events: int | None = typer.Option(None, "--max-events", min=1,
                                           help="Per-user cap; the heaviest user gets exactly this many events."),
 ) -> None:
     """Generate a synthetic life-cycle dataset (see docs/synthetic.md for the generative model)."""
@@ -78,8 +144,8 @@ def data_synth(
 def data_describe(
     dataset: Path = typer.Argument(..., help="Dataset folder."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
-    plot: Path | None = typer.Option(None, help="Where to write the history-length histogram PNG "
-                                                "(default: DATASET/history_lengths.png)."),
+    plot: Path | None = typer.Option(None, help="Write the history-length histogram PNG here (default: no "
+                                                "plot; DATASET is only read)."),
     headroom_len: int = typer.Option(500, "--headroom-len", min=1,
                                      help="L of the life-cycle headroom: share of positives whose previous "
                                           "same-category behavior lies beyond the last L behaviors."),
@@ -234,24 +300,27 @@ def compress_run(
                                    "(.pt/.pth/.ckpt)."),
     embedding_ids: Path | None = typer.Option(None, "--embedding-ids", help="Ids of a .npy matrix (default "
                                               "<name>.ids.npy beside it)."),
-    embedding_dim: int = typer.Option(32, "--embedding-dim", help="Dimensions of the co-occurrence default."),
+    embedding_dim: int = typer.Option(32, "--embedding-dim", min=1, help="Dimensions of the co-occurrence default."),
     missing_embedding: str = typer.Option("error", "--missing-embedding", help="error | random: event items "
                                           "absent from the embedding source."),
-    gamma: int = typer.Option(20, "--gamma", help="Largest cluster size."),
-    groups: int = typer.Option(5, "--groups", help="Play-completion groups M."),
+    allow_embedding_leakage: bool = typer.Option(False, "--allow-embedding-leakage",
+                                                 help="Accept a checkpoint (--embeddings) whose train window "
+                                                 "reaches past --snapshot-ts; recorded in the manifest."),
+    gamma: int = typer.Option(20, "--gamma", min=1, help="Largest cluster size."),
+    groups: int = typer.Option(5, "--groups", min=1, max=127, help="Play-completion groups M."),
     group_bins: str = typer.Option("uniform", "--group-bins", help="uniform | quantile."),
     method: str = typer.Option("hierarchical", "--method", help="hierarchical | flat | random."),
-    flat_k: int | None = typer.Option(None, "--flat-k", help="Clusters per group for --method flat "
+    flat_k: int | None = typer.Option(None, "--flat-k", min=1, help="Clusters per group for --method flat "
                                       "(default ceil(n / gamma))."),
     split_exponent: float = typer.Option(0.3, "--split-exponent", help="A set of n > gamma splits into "
                                          "max(2, floor(n ** e)) clusters."),
     backend: str = typer.Option("local", "--backend", help="local | spark."),
-    workers: int = typer.Option(max(1, os.cpu_count() or 1), "--workers", help="Worker processes (local) or "
+    workers: int = typer.Option(max(1, os.cpu_count() or 1), "--workers", min=1, help="Worker processes (local) or "
                                 "local Spark cores."),
     spark_master: str | None = typer.Option(None, "--spark-master", help="Spark master URL (default "
                                             "local[N] with N = --workers, or spark-submit's)."),
-    seed: int = typer.Option(0, "--seed", help="Base seed; user u clusters with the stream (seed, u)."),
-    users_per_part: int = typer.Option(256, "--users-per-part", help="Users per part file (the unit of "
+    seed: int = typer.Option(0, "--seed", min=0, help="Base seed; user u clusters with the stream (seed, u)."),
+    users_per_part: int = typer.Option(256, "--users-per-part", min=1, help="Users per part file (the unit of "
                                        "resumption)."),
     incremental: bool = typer.Option(False, "--incremental", help="Fold the behaviors in [base snapshot, "
                                      "--snapshot-ts) into the clusters of --base; write --out."),
@@ -285,7 +354,7 @@ def compress_run(
         config = ClusterConfig(gamma=gamma, num_groups=groups, group_bins=group_bins, method=method,
                                flat_k=flat_k, split_exponent=split_exponent)
         source = EmbeddingSource.parse(embeddings, ids_path=embedding_ids, dim=embedding_dim,
-                                       missing=missing_embedding)
+                                       missing=missing_embedding, allow_leakage=allow_embedding_leakage)
         summary = compress_dataset(dataset, out, snapshot_ts, embeddings=source, config=config, backend=backend,
                                    workers=workers, seed=seed, users_per_part=users_per_part,
                                    overwrite=overwrite, progress=not quiet, spark_master=spark_master)
@@ -312,8 +381,8 @@ compress_app.command("run")(friendly_errors(compress_run))
 def compress_stats(
     folder: Path = typer.Argument(..., help="A folder written by `twinv2 compress`."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
-    plot: Path | None = typer.Option(None, help="Where to write the cluster-size histogram PNG "
-                                                "(default: FOLDER/cluster_sizes.png)."),
+    plot: Path | None = typer.Option(None, help="Write the cluster-size histogram PNG here (default: no "
+                                                "plot; FOLDER is only read)."),
 ) -> None:
     """Compression ratio, cluster sizes, clusters per completion group and intra-cluster distance."""
     from twinv2.compress.stats import compression_stats, render_stats
@@ -333,9 +402,9 @@ def compress_embeddings(
                              ".npy (+ .ids.npy)."),
     before_ts: int | None = typer.Option(None, "--before-ts", help="Learn only from behaviors before this time "
                                          "(use the compression snapshot; default: all events)."),
-    dim: int = typer.Option(32, "--dim", help="Embedding dimensions."),
-    window: int = typer.Option(5, "--window", help="Items at most this many behaviors apart co-occur."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the randomized SVD and the fallback vectors."),
+    dim: int = typer.Option(32, "--dim", min=1, help="Embedding dimensions."),
+    window: int = typer.Option(5, "--window", min=1, help="Items at most this many behaviors apart co-occur."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the randomized SVD and the fallback vectors."),
 ) -> None:
     """Write the training-free co-occurrence embeddings (the compression default) to a file."""
     from twinv2.compress.embeddings import export_cooccurrence_embeddings
@@ -362,12 +431,12 @@ def train_cmd(
     config: Path | None = typer.Option(None, "--config", help="YAML config (see configs/default.yaml)."),
     set_: list[str] = typer.Option([], "--set", help="Override one config value, e.g. --set "
                                    "model.esu_size=50 (repeatable; applied last)."),
-    epochs: int | None = typer.Option(None, help="train.epochs"),
-    batch_size: int | None = typer.Option(None, help="train.batch_size"),
-    long_len: int | None = typer.Option(None, help="data.long_len: GSU input length L"),
-    esu_size: int | None = typer.Option(None, help="model.esu_size: ESU size k"),
-    max_train_samples: int | None = typer.Option(None, help="data.max_train_samples"),
-    seed: int | None = typer.Option(None, help="train.seed"),
+    epochs: int | None = typer.Option(None, min=1, help="train.epochs"),
+    batch_size: int | None = typer.Option(None, min=1, help="train.batch_size"),
+    long_len: int | None = typer.Option(None, min=1, help="data.long_len: GSU input length L"),
+    esu_size: int | None = typer.Option(None, min=1, help="model.esu_size: ESU size k"),
+    max_train_samples: int | None = typer.Option(None, min=1, help="data.max_train_samples"),
+    seed: int | None = typer.Option(None, min=0, help="train.seed"),
     device: str | None = typer.Option(None, help="train.device: auto (CUDA when present), cpu or cuda"),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from last.pt."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start afresh in an --out that holds a run."),
@@ -402,8 +471,8 @@ def evaluate_cmd(
     dataset: Path | None = typer.Option(None, "--dataset", help="Dataset folder (default: the training one)."),
     compressed: Path | None = typer.Option(None, "--compressed", help="Compressed life cycles for twinv2 "
                                            "(default: the training one)."),
-    max_samples: int | None = typer.Option(None, help="Seeded subsample of the window (default: all)."),
-    batch_size: int | None = typer.Option(None, help="Evaluation batch size (default: the run's)."),
+    max_samples: int | None = typer.Option(None, min=1, help="Seeded subsample of the window (default: all)."),
+    batch_size: int | None = typer.Option(None, min=1, help="Evaluation batch size (default: the run's)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
@@ -440,13 +509,17 @@ def demo_cmd(
     all_models: bool = typer.Option(False, "--all-models", help="Train every model (slower)."),
     scale: str | None = typer.Option(None, "--scale", help="Synthetic scale: small, default or large (default: "
                                      "default; small with --quick)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the data, compression and training."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the data, compression and training."),
     quick: bool = typer.Option(False, "--quick", help="Small data and budgets (about a minute)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
 ) -> None:
     """Synthesise data, learn embeddings, compress, train twinv2 and twin, evaluate, write a report."""
+    from twinv2.data.synth import SCALES
     from twinv2.demo import run_demo
 
+    if scale is not None and scale not in SCALES:
+        raise ConfigError(f"--scale {scale!r}: expected one of {', '.join(SCALES)}")
+    check_can_create(out)  # before minutes of work, not at the first write
     result = run_demo(out, models=None if all_models else [m.strip() for m in models.split(",") if m.strip()],
                       scale=scale, seed=seed, quick=quick, device=device, console=console)
     Console().print(result.summary_table)

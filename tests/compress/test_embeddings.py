@@ -28,7 +28,7 @@ from twinv2.compress.embeddings import (
 )
 from twinv2.compress.job import compress_dataset
 from twinv2.data.store import load_dataset, write_dataset
-from twinv2.errors import CheckpointError, ConfigError, EmbeddingError
+from twinv2.errors import CheckpointError, CompressionError, ConfigError, EmbeddingError
 
 DIM = 6
 
@@ -223,3 +223,102 @@ def test_export_cooccurrence_embeddings_round_trips(tmp_path, ds, suffix):
     assert info["items_learned"] == learned
     if suffix == ".parquet":
         assert pq.read_table(info["path"]).column("raw_item_id").to_pylist()[:2] == ["m1", "m2"]
+
+
+# ---- issue 9: the .npy pair is one unit; checkpoints from another dataset or past the snapshot ------------
+
+
+def test_npy_pair_failure_while_writing_leaves_the_previous_pair(tmp_path, monkeypatch):
+    path = tmp_path / "e.npy"
+    write_embedding_file(path, np.arange(1, 4), np.ones((3, 2), np.float32))
+    real_save = np.save
+    calls = []
+
+    def fail_on_second(fh, array, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real_save(fh, array, *args, **kwargs)
+
+    monkeypatch.setattr(np, "save", fail_on_second)
+    with pytest.raises(OSError, match="No space"):
+        write_embedding_file(path, np.arange(1, 6), np.zeros((5, 2), np.float32))
+    monkeypatch.undo()
+    ids, matrix = load_embedding_file(path)
+    np.testing.assert_array_equal(ids, np.arange(1, 4))        # the old pair, both halves
+    np.testing.assert_array_equal(matrix, np.ones((3, 2), np.float32))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.ids.npy", "e.npy"]  # no temporaries left
+
+
+def test_npy_pair_failure_between_the_renames_restores_the_previous_pair(tmp_path, monkeypatch):
+    import os
+
+    path = tmp_path / "e.npy"
+    write_embedding_file(path, np.arange(1, 4), np.ones((3, 2), np.float32))
+    real_replace = os.replace
+
+    def fail_onto_matrix(src, dst, *args, **kwargs):
+        if str(dst) == str(path) and ".tmp" in str(src):
+            raise OSError(5, "Input/output error", str(dst))
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", fail_onto_matrix)
+    with pytest.raises(OSError, match="Input/output"):
+        write_embedding_file(path, np.arange(1, 4) + 10, np.zeros((3, 2), np.float32))
+    monkeypatch.undo()
+    ids, matrix = load_embedding_file(path)
+    np.testing.assert_array_equal(ids, np.arange(1, 4))
+    np.testing.assert_array_equal(matrix, np.ones((3, 2), np.float32))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.ids.npy", "e.npy"]
+
+
+def _trained_checkpoint(path, ds, valid_start_ts, **extra):
+    """The keys of a twinv2 checkpoint that the embedding source reads (split, identity, table)."""
+    from twinv2.data.store import dataset_identity
+
+    torch.save({"item_embeddings": torch.randn(NUM_ITEMS + 1, DIM, generator=torch.Generator().manual_seed(0)),
+                "split": {"snapshot_ts": valid_start_ts - 2, "valid_start_ts": valid_start_ts,
+                          "test_start_ts": valid_start_ts + 1, "end_ts": valid_start_ts + 2},
+                "dataset_identity": dataset_identity(ds), "manifest_fingerprint": ds.manifest.fingerprint(),
+                **extra}, path)
+    return path
+
+
+def test_checkpoint_trained_past_the_snapshot_is_refused(tmp_path, ds):
+    path = _trained_checkpoint(tmp_path / "late.pt", ds, valid_start_ts=SNAPSHOT + 1)
+    with pytest.raises(CompressionError, match=rf"train window ends at {SNAPSHOT + 1}, after the snapshot {SNAPSHOT}"):
+        table_for(path, ds)
+    # The explicit flag accepts it and says so in the provenance (stored in the compressed manifest).
+    t = table_for(path, ds, allow_leakage=True)
+    assert t.source["leakage_allowed"] is True and t.source["trained_until_ts"] == SNAPSHOT + 1
+
+
+def test_checkpoint_trained_up_to_the_snapshot_is_accepted(tmp_path, ds):
+    t = table_for(_trained_checkpoint(tmp_path / "ok.pt", ds, valid_start_ts=SNAPSHOT), ds)
+    assert t.source["leakage_allowed"] is False and t.source["trained_until_ts"] == SNAPSHOT
+
+
+def test_leakage_flag_is_recorded_in_the_compressed_manifest(tmp_path, ds):
+    import json
+
+    path = _trained_checkpoint(tmp_path / "late.pt", ds, valid_start_ts=SNAPSHOT + 1)
+    with pytest.raises(CompressionError, match="leakage"):
+        compress_dataset(ds.path, tmp_path / "refused", SNAPSHOT, embeddings=EmbeddingSource.parse(path),
+                         workers=1, progress=False)
+    assert not (tmp_path / "refused").exists()
+    compress_dataset(ds.path, tmp_path / "c", SNAPSHOT, embeddings=EmbeddingSource.parse(path, allow_leakage=True),
+                     workers=1, progress=False)
+    manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    assert manifest["embeddings"]["leakage_allowed"] is True
+    assert manifest["embeddings"]["trained_until_ts"] == SNAPSHOT + 1
+
+
+def test_checkpoint_of_another_dataset_with_the_same_schema_is_refused(tmp_path, ds):
+    from twinv2.data.store import dataset_identity
+
+    other = load_dataset(make_job_dataset(tmp_path / "other", seed=7))
+    assert other.manifest.fingerprint() == ds.manifest.fingerprint()  # same schema: the old check passed
+    path = _trained_checkpoint(tmp_path / "other.pt", ds, valid_start_ts=SNAPSHOT)
+    torch.save({**torch.load(path, weights_only=True), "dataset_identity": dataset_identity(other)}, path)
+    with pytest.raises(CheckpointError, match="trained on another dataset"):
+        table_for(path, ds)

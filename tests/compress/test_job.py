@@ -271,7 +271,11 @@ def test_cli_compress_run_stats_and_embeddings(tmp_path, ds_dir, reference):
     result = runner.invoke(app, ["compress", "stats", str(out), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["clusters"] == summary["num_clusters"]
-    assert (out / "cluster_sizes.png").exists()
+    assert json.loads(result.stdout)["plot"] is None
+    assert not (out / "cluster_sizes.png").exists()  # the input folder is only read (issue 9)
+    result = runner.invoke(app, ["compress", "stats", str(out), "--plot", str(tmp_path / "sizes.png")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "sizes.png").read_bytes()[:4] == b"\x89PNG"
     result = runner.invoke(app, ["compress", "embeddings", "--dataset", str(ds_dir), "--out",
                                  str(tmp_path / "e.parquet"), "--before-ts", str(SNAPSHOT), "--dim", "8"])
     assert result.exit_code == 0, result.output

@@ -10,7 +10,9 @@ row 0 = padding):
   not know are skipped and counted).
 - ``checkpoint``: a ``torch.save`` dict whose top-level key ``item_embeddings`` is a float tensor
   ``[num_items + 1, d]`` (row 0 = padding), read with ``weights_only=True``. If the dict also has a
-  ``manifest_fingerprint`` it must match the dataset's.
+  ``dataset_identity`` or ``manifest_fingerprint`` it must match the dataset's, and if it records its
+  ``split``, its train window must end by the snapshot (leakage guard; ``allow_leakage`` overrides it and
+  the compressed manifest records ``leakage_allowed``).
 - ``cooccurrence`` (default, training-free): positive PMI of item co-occurrence within a sliding window over
   each user's history before the snapshot, factorised by a randomized truncated SVD; items that never
   co-occur get a deterministic hashed Gaussian vector.
@@ -34,7 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from twinv2.data.store import Dataset, Histories
-from twinv2.errors import CheckpointError, ConfigError, EmbeddingError
+from twinv2.errors import CheckpointError, CompressionError, ConfigError, EmbeddingError
 
 __all__ = [
     "CHECKPOINT_KEY",
@@ -67,6 +69,9 @@ class EmbeddingSource:
         ids_path: ids of a ``.npy`` matrix (default ``<name>.ids.npy`` beside it).
         dim, window: dimensions and half window of the ``cooccurrence`` default.
         missing: ``error`` (default) or ``random``: what to do about event items without an embedding.
+        allow_leakage: accept a ``checkpoint`` whose training window reaches past the snapshot (its
+            embeddings then carry behaviors and labels from after the snapshot into the clusters); the
+            compressed manifest records it. Refused by default.
     """
 
     kind: str = "cooccurrence"
@@ -75,6 +80,7 @@ class EmbeddingSource:
     dim: int = 32
     window: int = 5
     missing: str = "error"
+    allow_leakage: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in EMBEDDING_KINDS:
@@ -88,7 +94,7 @@ class EmbeddingSource:
 
     @classmethod
     def parse(cls, spec: str | os.PathLike | None, *, ids_path: str | os.PathLike | None = None, dim: int = 32,
-              window: int = 5, missing: str = "error") -> EmbeddingSource:
+              window: int = 5, missing: str = "error", allow_leakage: bool = False) -> EmbeddingSource:
         """Source from a CLI string: ``cooccurrence`` (or None), a ``.npy``/``.parquet`` file, or a checkpoint
         (``.pt``, ``.pth``, ``.ckpt``)."""
         if spec is None or str(spec) == "cooccurrence":
@@ -96,7 +102,7 @@ class EmbeddingSource:
         path = str(spec)
         suffix = Path(path).suffix.lower()
         if suffix in CHECKPOINT_SUFFIXES:
-            return cls("checkpoint", path=path, missing=missing)
+            return cls("checkpoint", path=path, missing=missing, allow_leakage=allow_leakage)
         if suffix in FILE_SUFFIXES:
             return cls("file", path=path, ids_path=str(ids_path) if ids_path else None, missing=missing)
         raise ConfigError(f"--embeddings {path!r}: expected 'cooccurrence', a .npy or .parquet file, or a "
@@ -170,11 +176,10 @@ def load_embedding_file(path: str | os.PathLike, ids_path: str | os.PathLike | N
         if not ids_file.exists():
             raise EmbeddingError(f"{ids_file}: no such ids file for the embedding matrix {path} "
                                  "(pass --embedding-ids, or save the ids as <name>.ids.npy beside it)")
-        try:
-            matrix = _as_matrix(np.load(path, allow_pickle=False), str(path))
-            ids = np.load(ids_file, allow_pickle=False)
-        except ValueError as exc:
-            raise EmbeddingError(f"{path}: unreadable .npy file ({exc})") from exc
+        from twinv2._io import load_npy
+
+        matrix = _as_matrix(load_npy(path), str(path))
+        ids = load_npy(ids_file)
         if ids.ndim != 1 or ids.dtype.kind not in "iuU":
             raise EmbeddingError(f"{ids_file}: expected a 1-D array of int or string ids, found dtype "
                                  f"{ids.dtype} and shape {ids.shape}")
@@ -246,9 +251,14 @@ def load_checkpoint_item_embeddings(path: str | os.PathLike) -> tuple[np.ndarray
         CheckpointError: missing file, unsafe or unreadable pickle, missing key.
         EmbeddingError: the table is not a 2-D float tensor.
     """
+    return _checkpoint_rows(_read_checkpoint(path), path)
+
+
+def _checkpoint_rows(obj: dict[str, Any], path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """``(item_ids, matrix)`` of a loaded checkpoint dict (see :func:`load_checkpoint_item_embeddings`)."""
     import torch
 
-    table = _read_checkpoint(path)[CHECKPOINT_KEY]
+    table = obj[CHECKPOINT_KEY]
     if not isinstance(table, torch.Tensor) or table.ndim != 2 or not table.is_floating_point() or len(table) < 2:
         found = f"{tuple(table.shape)} {table.dtype}" if isinstance(table, torch.Tensor) else type(table).__name__
         raise EmbeddingError(f"{path}: {CHECKPOINT_KEY!r}: expected a float tensor [num_items + 1, d], "
@@ -541,6 +551,45 @@ def table_from_rows(ids: np.ndarray, matrix: np.ndarray, dataset: Dataset, *, mi
     return table, info
 
 
+def _check_checkpoint_dataset(obj: dict[str, Any], dataset: Dataset, path: str) -> None:
+    """A checkpoint's embeddings are keyed by the dense item ids of the dataset it was trained on: refuse
+    one trained on another dataset (the full identity when recorded, else the schema fingerprint)."""
+    from twinv2.data.store import dataset_identity
+
+    recorded = obj.get("dataset_identity")
+    if isinstance(recorded, dict):
+        found = dataset_identity(dataset)
+        for key, expected in recorded.items():
+            if key in found and found[key] != expected:
+                raise CheckpointError(f"{path}: checkpoint trained on another dataset ({obj.get('dataset_path')}): "
+                                      f"'{key}' is {expected!r} there, {found[key]!r} in {dataset.path}")
+    ckpt_fp = obj.get("manifest_fingerprint")
+    if isinstance(ckpt_fp, str) and ckpt_fp != dataset.manifest.fingerprint():
+        raise CheckpointError(f"{path}: checkpoint trained on another dataset: manifest fingerprint {ckpt_fp}, "
+                              f"this dataset has {dataset.manifest.fingerprint()}")
+
+
+def _check_checkpoint_window(obj: dict[str, Any], before_ts: int | None, source: EmbeddingSource) -> int | None:
+    """The end of the checkpoint's train window (exclusive; ``None`` when it records no split), after
+    refusing, unless ``source.allow_leakage``, one that reaches past the snapshot ``before_ts``.
+
+    The item embeddings learned from every train sample up to that end (targets, labels and the sequences
+    before them), so clustering pre-snapshot behaviors by them brings post-snapshot information into the
+    virtual items that feed training samples from the snapshot on.
+    """
+    split = obj.get("split")
+    if not isinstance(split, dict) or "valid_start_ts" not in split:
+        return None
+    trained_until = int(split["valid_start_ts"])
+    if before_ts is not None and trained_until > before_ts and not source.allow_leakage:
+        raise CompressionError(
+            f"{source.path}: the checkpoint's train window ends at {trained_until}, after the snapshot "
+            f"{before_ts}: its embeddings learned from behaviors and labels after the snapshot (leakage); "
+            f"compress at a snapshot >= {trained_until}, use embeddings learned before {before_ts}, or pass "
+            "--allow-embedding-leakage (recorded in the compressed manifest)")
+    return trained_until
+
+
 def item_embedding_table(source: EmbeddingSource, dataset: Dataset, *, before_ts: int | None, seed: int,
                          normalize: bool = True) -> ItemEmbeddingTable:
     """Build and validate the item table the job clusters with.
@@ -555,6 +604,7 @@ def item_embedding_table(source: EmbeddingSource, dataset: Dataset, *, before_ts
         :class:`ItemEmbeddingTable` with ``table`` float32 ``[num_items + 1, d]``.
     Raises:
         EmbeddingError, CheckpointError: see the module docstring. Nothing is written.
+        CompressionError: a checkpoint trained past ``before_ts`` without ``source.allow_leakage``.
     """
     desc = source.describe()
     if source.kind == "cooccurrence":
@@ -564,11 +614,11 @@ def item_embedding_table(source: EmbeddingSource, dataset: Dataset, *, before_ts
         desc.update(before_ts=before_ts, items_learned=learned)
         file = "co-occurrence embeddings"
     elif source.kind == "checkpoint":
-        ckpt_fp = _read_checkpoint(source.path).get("manifest_fingerprint")  # type: ignore[arg-type]
-        if isinstance(ckpt_fp, str) and ckpt_fp != dataset.manifest.fingerprint():
-            raise CheckpointError(f"{source.path}: checkpoint trained on a dataset with manifest fingerprint "
-                                  f"{ckpt_fp}, this dataset has {dataset.manifest.fingerprint()}")
-        ids, matrix = load_checkpoint_item_embeddings(source.path)  # type: ignore[arg-type]
+        obj = _read_checkpoint(source.path)  # type: ignore[arg-type]
+        _check_checkpoint_dataset(obj, dataset, str(source.path))
+        trained_until = _check_checkpoint_window(obj, before_ts, source)
+        desc.update(trained_until_ts=trained_until, leakage_allowed=source.allow_leakage)
+        ids, matrix = _checkpoint_rows(obj, source.path)  # type: ignore[arg-type]
         if len(ids) != dataset.manifest.num_items:
             raise EmbeddingError(f"{source.path}: dimension mismatch: {CHECKPOINT_KEY!r} has rows for "
                                  f"{len(ids)} items (+ padding), the dataset has {dataset.manifest.num_items}")
@@ -587,16 +637,22 @@ def write_embedding_file(path: str | os.PathLike, item_ids: np.ndarray, matrix: 
     """Write embeddings in the ``file`` source format, atomically.
 
     ``.parquet``: columns ``item_id`` (int64), optional ``raw_item_id`` (string) and ``embedding``
-    (list<float32>). ``.npy``: the float32 matrix ``[n, d]`` plus ``<name>.ids.npy`` (int64 ``[n]``).
+    (list<float32>). ``.npy``: the float32 matrix ``[n, d]`` plus ``<name>.ids.npy`` (int64 ``[n]``), written
+    as one unit (:func:`twinv2._io.atomic_files`).
     """
-    from twinv2._io import atomic_file, save_npy_atomic
+    from twinv2._io import atomic_file, atomic_files
 
     path = Path(path)
     matrix = np.ascontiguousarray(matrix, dtype=np.float32)
     item_ids = np.asarray(item_ids, dtype=np.int64)
     if path.suffix.lower() == ".npy":
-        save_npy_atomic(path.with_suffix(".ids.npy"), item_ids)
-        save_npy_atomic(path, matrix)
+        # One unit: both files are written to temporaries first, then renamed together (a failure leaves
+        # the previous pair, never new ids beside an old matrix or the reverse).
+        with atomic_files(path.with_suffix(".ids.npy"), path) as (ids_tmp, matrix_tmp):
+            with open(ids_tmp, "wb") as fh:
+                np.save(fh, item_ids)
+            with open(matrix_tmp, "wb") as fh:
+                np.save(fh, matrix)
         return path
     if path.suffix.lower() != ".parquet":
         raise ConfigError(f"{path}: embedding files end in .parquet or .npy")

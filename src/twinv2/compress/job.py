@@ -14,7 +14,6 @@ Backends: ``local`` (``multiprocessing`` with the spawn start method) and ``spar
 from __future__ import annotations
 
 import contextlib
-import json
 import multiprocessing
 import os
 import shutil
@@ -28,7 +27,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from twinv2._io import save_npy_atomic, write_json_atomic
+from twinv2._io import load_npy, read_json_object, save_npy_atomic, write_json_atomic
 from twinv2._progress import make_progress
 from twinv2.compress.cluster import ClusterConfig, assign_incremental, cluster_life_cycle
 from twinv2.compress.embeddings import EmbeddingSource, ItemEmbeddingTable, item_embedding_table
@@ -43,6 +42,7 @@ from twinv2.compress.store import (
     check_compressed_output,
     concat_columns,
     empty_columns,
+    load_compressed,
     mean_feature_names,
     part_name,
     read_compressed_manifest,
@@ -331,7 +331,7 @@ def _prepare_out(out: Path, params: dict[str, Any], overwrite: bool) -> str:
         file = out / name
         if not file.exists():
             continue
-        previous = json.loads(file.read_text())
+        previous = read_json_object(file)
         previous = previous.get("job", previous) if name == MANIFEST_FILE else previous
         if overwrite:
             shutil.rmtree(out)
@@ -538,6 +538,23 @@ def compress_dataset(dataset: str | os.PathLike, out: str | os.PathLike, snapsho
                 after_part=_after_part, start=start, timings=timings)
 
 
+def _check_base_covers(base: Path, ds: Dataset, lo_rows: np.ndarray) -> None:
+    """Every part of ``base`` is readable and its clusters hold exactly each user's behaviors before the base
+    snapshot in ``ds``: the schema fingerprint alone does not tell two datasets of one schema apart."""
+    comp = load_compressed(base)  # reads and checks every part file
+    h = ds.histories
+    n = len(comp.offsets) - 1
+    members = np.concatenate([[0], np.cumsum(comp.cluster_size, dtype=np.int64)])[comp.offsets]  # [n + 1]
+    before = lo_rows[:n] - h.offsets[:n]
+    bad = np.flatnonzero(np.diff(members) != before)
+    if bad.size:
+        u = int(bad[0])
+        raise CompressionError(
+            f"{base}: compressed life cycles of another dataset: user {u} has {int(before[u])} behaviors before "
+            f"the base snapshot in {ds.path} but {int(members[u + 1] - members[u])} in the base's clusters "
+            f"({bad.size} users differ); compress this dataset from scratch instead")
+
+
 def compress_incremental(base: str | os.PathLike, dataset: str | os.PathLike, out: str | os.PathLike,
                          snapshot_ts: int, *, workers: int = 1, overwrite: bool = False, progress: bool = True,
                          _after_part: Callable[[int], None] | None = None) -> CompressSummary:
@@ -572,7 +589,7 @@ def compress_incremental(base: str | os.PathLike, dataset: str | os.PathLike, ou
         raise CompressionError(f"{base}: averaged features {base_manifest['mean_features']} differ from the "
                                f"dataset's {mean_feature_names(ds.manifest)}")
     config = ClusterConfig(**base_manifest["cluster_config"])
-    table_array = np.load(base / EMBEDDINGS_FILE)
+    table_array = load_npy(base / EMBEDDINGS_FILE)
     if table_array.shape != (ds.manifest.num_items + 1, base_manifest["embedding_dim"]):
         raise EmbeddingError(f"{base / EMBEDDINGS_FILE}: dimension mismatch: shape {table_array.shape}, expected "
                              f"({ds.manifest.num_items + 1}, {base_manifest['embedding_dim']})")
@@ -581,6 +598,7 @@ def compress_incremental(base: str | os.PathLike, dataset: str | os.PathLike, ou
     users = np.arange(h.num_users, dtype=np.int64)
     lo_rows = h.end_before(users, np.full(h.num_users, old_snapshot, np.int64))
     hi_rows = h.end_before(users, np.full(h.num_users, snapshot_ts, np.int64))
+    _check_base_covers(base, ds, lo_rows)
     users_per_part = int(base_manifest["users_per_part"])
     seed = int(base_manifest["seed"])
     params = {

@@ -40,7 +40,7 @@ def plot_cluster_sizes(sizes: np.ndarray, path: str | os.PathLike, gamma: int | 
 
 
 def compression_stats(path: str | os.PathLike, plot_path: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Summarise a finished compressed folder and write its cluster-size histogram.
+    """Summarise a finished compressed folder; with ``plot_path``, also write its cluster-size histogram.
 
     Returns a JSON-ready dict: ``users``, ``users_with_clusters``, ``behaviors`` (represented),
     ``clusters``, ``compression_ratio`` (clusters / behaviors), ``mean_cluster_size``,
@@ -48,8 +48,8 @@ def compression_stats(path: str | os.PathLike, plot_path: str | os.PathLike | No
     lists for sizes 1..max), ``clusters_per_group`` and ``behaviors_per_group`` (one entry per completion
     group), ``mean_sq_dist`` (behavior-weighted mean squared distance of a member to its cluster centroid, in
     the clustered space: unit vectors by default, so 0 = identical members, 2 = orthogonal on average) and
-    ``rms_dist`` (its square root), ``snapshot_ts``, ``gamma``, ``method`` and ``plot`` (the PNG; default
-    ``DIR/cluster_sizes.png``).
+    ``rms_dist`` (its square root), ``snapshot_ts``, ``gamma``, ``method`` and ``plot`` (the PNG written, or
+    ``None`` without ``plot_path``: the input folder is only read, never written to).
     """
     c = load_compressed(path)
     m = c.manifest
@@ -60,8 +60,10 @@ def compression_stats(path: str | os.PathLike, plot_path: str | os.PathLike | No
     groups = c.completion_group.astype(np.int64)
     hist = np.bincount(sizes, minlength=int(sizes.max(initial=0)) + 1)[1:]
     gamma = int(m["cluster_config"]["gamma"])
-    plot = plot_cluster_sizes(sizes, plot_path or Path(path) / "cluster_sizes.png", gamma=gamma,
-                              title=f"cluster sizes ({m['cluster_config']['method']}, gamma={gamma})")
+    plot = None
+    if plot_path is not None:
+        plot = plot_cluster_sizes(sizes, plot_path, gamma=gamma,
+                                  title=f"cluster sizes ({m['cluster_config']['method']}, gamma={gamma})")
     mean_sq = float((c.mean_sq_dist.astype(np.float64) * sizes).sum() / behaviors) if behaviors else 0.0
     p50, p90 = (float(x) for x in np.percentile(per_user, [50, 90])) if per_user.size else (0.0, 0.0)
     return {
@@ -80,7 +82,7 @@ def compression_stats(path: str | os.PathLike, plot_path: str | os.PathLike | No
         "snapshot_ts": int(c.snapshot_ts),
         "gamma": gamma,
         "method": m["cluster_config"]["method"],
-        "plot": str(plot),
+        "plot": None if plot is None else str(plot),
     }
 
 
@@ -101,7 +103,7 @@ def render_stats(summary: dict[str, Any]):
         ("virtual items per user p50 / p90 / max", f"{cpu['p50']:,.0f} / {cpu['p90']:,.0f} / {cpu['max']:,}"),
         ("clusters per completion group", " / ".join(f"{n:,}" for n in summary["clusters_per_group"])),
         ("mean squared distance to centroid", f"{summary['mean_sq_dist']:.4f} (rms {summary['rms_dist']:.4f})"),
-        ("histogram", summary["plot"]),
+        ("histogram", summary["plot"] or "not written (pass --plot PNG)"),
     ]
     for k, v in rows:
         table.add_row(k, v)

@@ -17,7 +17,6 @@ Rows of one user are sorted by ``last_ts`` ascending (most recent cluster last).
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from twinv2._io import atomic_file
+from twinv2._io import atomic_file, load_npy, read_json_object
 from twinv2.data.schema import Manifest
 from twinv2.errors import CompressionError, DataValidationError
 
@@ -175,10 +174,7 @@ def read_compressed_manifest(path: str | os.PathLike) -> dict[str, Any]:
                 if (path / JOB_FILE).exists() else "")
         raise DataValidationError(str(file), None, "the manifest of a finished compression run",
                                   "no such file" + hint)
-    try:
-        manifest = json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataValidationError(str(file), None, "valid JSON", str(exc)) from exc
+    manifest = read_json_object(file, "a JSON object (the compressed folder's manifest)")
     if manifest.get("kind") != KIND:
         raise DataValidationError(str(file), None, f"kind {KIND!r}", repr(manifest.get("kind")))
     if manifest.get("format_version") != FORMAT_VERSION:
@@ -261,9 +257,10 @@ def load_compressed(path: str | os.PathLike, *, with_centroids: bool = False) ->
     table = pa.concat_tables(tables) if tables else schema.empty_table().select(wanted)
     cols = table_to_columns(table, str(path))
     offsets_file = path / OFFSETS_FILE
-    offsets = np.load(offsets_file) if offsets_file.exists() else None
+    offsets = load_npy(offsets_file) if offsets_file.exists() else None
     num_users = int(manifest["num_users"])
-    if offsets is None or offsets.shape != (num_users + 1,) or offsets[-1] != table.num_rows:
+    if offsets is None or offsets.dtype.kind not in "iu" or offsets.shape != (num_users + 1,) \
+            or offsets[-1] != table.num_rows:
         raise DataValidationError(str(offsets_file), None,
                                   f"int64 CSR offsets of length {num_users + 1} ending at {table.num_rows}")
     if not np.array_equal(np.diff(offsets), np.bincount(cols["user_id"], minlength=num_users)):

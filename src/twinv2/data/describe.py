@@ -40,12 +40,12 @@ def plot_history_lengths(lengths: np.ndarray, path: str | os.PathLike, title: st
 def describe_dataset(path: str | os.PathLike, plot_path: str | os.PathLike | None = None, *,
                      headroom_len: int = 500, headroom_window: tuple[int, int] | None = None,
                      headroom_category: str | None = None) -> dict[str, Any]:
-    """Summarise a dataset folder and write its history-length histogram.
+    """Summarise a dataset folder; with ``plot_path``, also write its history-length histogram.
 
     Returns a JSON-ready dict with keys ``users``, ``items``, ``events``, ``label_rate``, ``time_min``,
     ``time_max``, ``history_length`` (``p50``, ``p90``, ``p99``, ``max``, ``mean``), ``users_with_events``,
-    ``cross_features``, ``inherent_features`` and ``plot`` (the PNG path; default
-    ``DIR/history_lengths.png``), and ``headroom``: the life-cycle
+    ``cross_features``, ``inherent_features`` and ``plot`` (the PNG written, or ``None`` without
+    ``plot_path``: the dataset folder is only read, never written to), and ``headroom``: the life-cycle
     headroom of :func:`twinv2.data.headroom.life_cycle_headroom` for a long sequence of ``headroom_len``
     over ``headroom_window`` (default: the test window of the default temporal split) by
     ``headroom_category`` (default: ``category_id`` or the first inherent categorical), or ``None`` when
@@ -55,7 +55,7 @@ def describe_dataset(path: str | os.PathLike, plot_path: str | os.PathLike | Non
     h, m = ds.histories, ds.manifest
     lengths = h.lengths()
     p50, p90, p99 = (float(x) for x in np.percentile(lengths, [50, 90, 99])) if lengths.size else (0.0,) * 3
-    plot = plot_history_lengths(lengths, plot_path or Path(path) / "history_lengths.png", title=m.name)
+    plot = None if plot_path is None else plot_history_lengths(lengths, plot_path, title=m.name)
     return {
         "name": m.name,
         "source": m.source,
@@ -70,7 +70,7 @@ def describe_dataset(path: str | os.PathLike, plot_path: str | os.PathLike | Non
                            "mean": float(lengths.mean()) if lengths.size else 0.0},
         "inherent_features": [c.name for c in m.item_categoricals + m.item_numerics],
         "cross_features": [c.name for c in m.cross_numerics],
-        "plot": str(plot),
+        "plot": None if plot is None else str(plot),
         "headroom": _headroom(ds, headroom_len, headroom_window, headroom_category),
     }
 
@@ -109,7 +109,7 @@ def render_description(summary: dict[str, Any]):
         ("history max", f"{hl['max']:,}"),
         ("inherent features", ", ".join(summary["inherent_features"])),
         ("cross features", ", ".join(summary["cross_features"])),
-        ("histogram", summary["plot"]),
+        ("histogram", summary["plot"] or "not written (pass --plot PNG)"),
     ]
     rows += _headroom_rows(summary.get("headroom"), when)
     for k, v in rows:

@@ -172,10 +172,9 @@ class Manifest:
             path = path / MANIFEST_NAME
         if not path.exists():
             raise DataValidationError(str(path), None, "a dataset manifest", "no such file")
-        try:
-            d = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise DataValidationError(str(path), None, "valid JSON", str(exc)) from exc
+        from twinv2._io import read_json_object
+
+        d = read_json_object(path, "a JSON object (the dataset manifest)")
         return cls.from_dict(d, file=str(path))
 
     def check(self, file: str = MANIFEST_NAME) -> None:

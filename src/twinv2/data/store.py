@@ -17,11 +17,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from twinv2._io import atomic_dir, save_npy_atomic
+from twinv2._io import atomic_dir, load_npy, save_npy_atomic
 from twinv2.data.schema import MANIFEST_NAME, ColumnSpec, Manifest, validate_table
 from twinv2.errors import DataValidationError
 
-__all__ = ["Dataset", "DatasetWriter", "Histories", "check_out_dir", "load_dataset", "write_dataset"]
+__all__ = ["Dataset", "DatasetWriter", "Histories", "check_out_dir", "dataset_identity", "load_dataset",
+           "write_dataset"]
 
 ITEMS_FILE, EVENTS_FILE = "items.parquet", "events.parquet"
 USERS_FILE, OFFSETS_FILE = "users.parquet", "user_offsets.npy"
@@ -89,12 +90,36 @@ class Dataset:
     raw_user_ids: np.ndarray | None = None
 
 
+def dataset_identity(dataset: Dataset | Manifest) -> dict[str, Any]:
+    """What must agree between a dataset and an artefact made from it (a checkpoint, embeddings): the
+    schema fingerprint (columns, vocabularies, item count), user and event counts, the time range and,
+    given a loaded :class:`Dataset`, a hash of the per-user event counts (the fingerprint alone does not
+    tell two generated datasets of one scale apart)."""
+    import hashlib
+
+    manifest = dataset.manifest if isinstance(dataset, Dataset) else dataset
+    identity: dict[str, Any] = {
+        "fingerprint": manifest.fingerprint(),
+        "num_users": manifest.num_users,
+        "num_items": manifest.num_items,
+        "num_events": manifest.num_events,
+        "time_min": manifest.time_min,
+        "time_max": manifest.time_max,
+    }
+    if isinstance(dataset, Dataset):
+        offsets = np.ascontiguousarray(dataset.histories.offsets, dtype=np.int64)
+        identity["user_counts_sha256"] = hashlib.sha256(offsets.tobytes()).hexdigest()[:16]
+    return identity
+
+
 def _read_parquet(path: Path, columns: list[str] | None = None) -> pa.Table:
     if not path.exists():
         raise DataValidationError(str(path), None, "an existing file", "no such file")
     try:
         return pq.read_table(path, columns=columns)
-    except pa.ArrowInvalid as exc:
+    except PermissionError:
+        raise
+    except (pa.ArrowInvalid, OSError) as exc:  # a truncated file can surface as an Arrow IO error
         raise DataValidationError(str(path), None, "a readable Parquet file", str(exc).splitlines()[0]) from exc
     except KeyError as exc:  # pragma: no cover - pyarrow raises ArrowInvalid for missing columns
         raise DataValidationError(str(path), str(exc), "a column present in the file") from exc
@@ -163,9 +188,10 @@ def load_dataset(path: str | os.PathLike, *, check_values: bool = True) -> Datas
     events_file = str(path / EVENTS_FILE)
     events_t = _read_parquet(path / EVENTS_FILE, [c.name for c in event_cols])
     validate_table(events_t, event_cols, events_file, check_values=check_values)
-    offsets = np.load(path / OFFSETS_FILE)
+    offsets = load_npy(path / OFFSETS_FILE)
     user_id = events_t.column("user_id").to_numpy()
-    if offsets.ndim != 1 or offsets[0] != 0 or offsets[-1] != len(user_id) or len(offsets) != manifest.num_users + 1:
+    if (offsets.dtype.kind not in "iu" or offsets.ndim != 1 or len(offsets) != manifest.num_users + 1
+            or offsets[0] != 0 or offsets[-1] != len(user_id)):
         raise DataValidationError(str(path / OFFSETS_FILE), None,
                                   f"CSR offsets of length {manifest.num_users + 1} ending at {len(user_id)}")
     if check_values and not np.array_equal(np.diff(offsets), np.bincount(user_id, minlength=manifest.num_users)):

@@ -14,12 +14,17 @@ __all__ = ["available_cores", "default_num_threads", "resolve_device", "torch_th
 
 
 def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without a GPU is a :class:`ConfigError`."""
+    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without a GPU, or a string torch does not
+    read as a device, is a :class:`ConfigError`."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ConfigError(f"device {name!r}: expected auto, cpu, cuda or cuda:N") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} requested but CUDA is not available (use --device cpu or auto)")
-    return torch.device(name)
+    return device
 
 
 def available_cores() -> int:
