@@ -36,12 +36,14 @@ _NO_SNAPSHOT = -(2**62)
 _FOLD_RETRIES = 20
 
 # KEYS: eid set, event list, user hash, meta. ARGV: event id, packed event, ts, default snapshot.
-# Returns -1 (older than the snapshot), 0 (duplicate id) or the user's unfolded count after the push.
+# Returns 0 (duplicate id: a no-op even if the snapshot has moved past it), -1 (older than the snapshot) or
+# the user's unfolded count after the push.
 _APPEND = """
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 0 end
 local snap = redis.call('HGET', KEYS[3], 'snapshot')
 if not snap then snap = ARGV[4] end
 if tonumber(ARGV[3]) < tonumber(snap) then return -1 end
-if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('SADD', KEYS[1], ARGV[1])
 redis.call('RPUSH', KEYS[2], ARGV[2])
 redis.call('HINCRBY', KEYS[4], 'events', 1)
 return redis.call('HINCRBY', KEYS[3], 'unfolded', 1)
@@ -192,9 +194,13 @@ class RedisStore(LifeCycleStore):
         pipe = self.r.pipeline(transaction=False)
         for u in users:
             pipe.hget(self._k("u", vname, u), "snapshot")
-        snapshots = {u: int(s) if s is not None else default for u, s in zip(users, pipe.execute(), strict=True)}
-        for i, e in enumerate(events):  # refuse the whole call before storing anything
-            if e.ts < snapshots[e.user_id]:
+        for e in events:
+            pipe.sismember(self._k("eid", e.user_id), e.event_id)
+        answers = pipe.execute()
+        snapshots = {u: int(s) if s is not None else default for u, s in zip(users, answers, strict=False)}
+        seen = answers[len(users):]
+        for i, e in enumerate(events):  # refuse the whole call before storing anything (retries are no-ops)
+            if not seen[i] and e.ts < snapshots[e.user_id]:
                 raise EventRejectedError(f"events[{i}].ts", f"{e.ts} is older than user {e.user_id}'s snapshot "
                                          f"{snapshots[e.user_id]}: behaviors before it are already compressed")
         unfolded: dict[int, int] = {}

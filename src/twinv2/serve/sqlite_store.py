@@ -194,18 +194,18 @@ class SqliteStore(LifeCycleStore):
                     "SELECT snapshot_ts FROM users WHERE version = ? AND user_id = ?", (version.version, user_id)
                 ).fetchone()
                 snapshot = int(row[0]) if row else (version.snapshot_ts if version else -(2**62))
-                for i, e in items:
-                    if e.ts < snapshot:
-                        raise EventRejectedError(f"events[{i}].ts", f"{e.ts} is older than user {user_id}'s snapshot "
-                                            f"{snapshot}: behaviors before it are already compressed")
                 fresh = []
-                for _, e in items:
+                for i, e in items:
+                    # A retry is a no-op even when a fold has since moved the snapshot past it.
                     cur = con.execute("INSERT OR IGNORE INTO event_ids(user_id, event_id) VALUES (?, ?)",
                                       (user_id, e.event_id))
-                    if cur.rowcount == 1:
-                        fresh.append(e)
-                    else:
+                    if cur.rowcount != 1:
                         result.duplicates += 1
+                    elif e.ts < snapshot:  # the transaction rolls back: nothing of the call is stored
+                        raise EventRejectedError(f"events[{i}].ts", f"{e.ts} is older than user {user_id}'s "
+                                                 f"snapshot {snapshot}: behaviors before it are already compressed")
+                    else:
+                        fresh.append(e)
                 if not fresh:
                     continue
                 con.executemany("INSERT INTO events(user_id, ts, item_id, label, cross) VALUES (?, ?, ?, ?, ?)",
