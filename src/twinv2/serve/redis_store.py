@@ -55,7 +55,11 @@ class RedisStore(LifeCycleStore):
 
     def __init__(self, url: str, cross_names: list[str], context: int):
         super().__init__(cross_names, context)
-        import redis
+        try:
+            import redis
+        except ImportError as exc:
+            raise StoreError(f"--store {url}: the Redis store needs the redis client: pip install "
+                             "'twinv2[serve]'") from exc
 
         self._redis_module = redis
         self.url = url

@@ -40,9 +40,13 @@ def run_server(config: ServeConfig, *, host: str = "127.0.0.1", port: int = 8000
         port: TCP port; workers: uvicorn worker processes (each holds a model and a projection cache).
         on_ready: called with the prepared :class:`Service` before serving (the CLI prints a summary).
     """
-    import uvicorn
+    try:
+        import uvicorn
 
-    from twinv2.serve.app import CONFIG_ENV, create_app
+        from twinv2.serve.app import CONFIG_ENV, create_app
+    except ImportError as exc:
+        raise ConfigError(f"twinv2 serve needs the serving extra ({exc.name} is missing): "
+                          "pip install 'twinv2[serve]'") from exc
 
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
