@@ -119,7 +119,8 @@ def print_json(obj: Any) -> None:
 def data_synth(
     out: Path = typer.Option(..., "--out", help="Dataset folder to write (an existing dataset folder is replaced)."),
     users: int | None = typer.Option(None, "--users", min=1, help="Number of users (default: the scale's preset)."),
-    scale: str = typer.Option("default", "--scale", help="Preset size: small, default or large."),
+    scale: str = typer.Option("default", "--scale", help="Preset: small, default, large, or lifecycle (heavy users, "
+                                                             "long-dormant interests; see docs/synthetic.md)."),
     seed: int = typer.Option(0, "--seed", min=0, help="Random seed; the same seed gives the same dataset."),
     max_events: int | None = typer.Option(None, "--max-events", min=1,
                                           help="Per-user cap; the heaviest user gets exactly this many events."),

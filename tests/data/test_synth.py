@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -350,6 +351,22 @@ def test_cli_data_synth_writes_dataset_and_prints_summary(tmp_path):
     bad = CliRunner().invoke(app, ["data", "synth", "--out", str(tmp_path / "bad"), "--scale", "huge"])
     assert bad.exit_code == 2 and "scale" in bad.output
     assert not (tmp_path / "bad").exists()
+
+
+def test_lifecycle_scale_is_default_with_documented_changes_only(tmp_path):
+    changed = {f.name for f in dataclasses.fields(SynthConfig)
+               if getattr(SCALES["lifecycle"], f.name) != getattr(SCALES["default"], f.name)}
+    assert SCALES["default"] == SynthConfig()
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "synthetic.md").read_text()
+    section = " ".join(doc.split("## The `lifecycle` regime", 1)[1].split("\n## ", 1)[0].split())
+    assert changed
+    for name in changed:
+        found = re.search(rf"`{name}` ([0-9.]+)", section)
+        assert found and float(found.group(1)) == getattr(SCALES["lifecycle"], name), name
+    # A few of its users generate and pass the data contract.
+    m = synthesize(tmp_path / "lc", scale="lifecycle", users=3, max_events=1500, seed=0, progress=False)
+    assert m.notes["scale"] == "lifecycle" and m.num_events == len(load_click_prob(tmp_path / "lc"))
+    assert load_dataset(tmp_path / "lc").histories.lengths().min() >= SCALES["lifecycle"].min_events
 
 
 def test_docs_list_every_parameter_with_its_default():

@@ -234,6 +234,15 @@ SCALES: dict[str, SynthConfig] = {
     # Streaming scale: a 2*10^5-event user; --max-events 1000000 pins the heaviest user at 10^6.
     "large": SynthConfig(num_users=20_000, num_items=100_000, num_categories=500, num_authors=10_000,
                          events_median=300.0, max_events=200_000),
+    # Life-cycle regime (~5M events): heavy users (~12% above 10^4 events), a finer catalogue whose
+    # neighbouring categories share taste directions, and more interests that sleep for months and come
+    # back for days. Chosen by the life-cycle headroom of the data alone (docs/synthetic.md), before any model.
+    "lifecycle": SynthConfig(num_users=1000, num_items=60_000, num_categories=1500, num_authors=6000,
+                             latent_dim=12, events_median=3000.0, events_sigma=1.0, min_events=500,
+                             max_events=100_000, interests_extra=8, p_drifting=0.1, p_dormant=0.6,
+                             dormant_annual_prob=0.4, dormant_period_days_min=60.0,
+                             dormant_period_days_max=365.0, dormant_window_days_min=2.0,
+                             dormant_window_days_max=10.0),
 }
 
 
@@ -848,7 +857,8 @@ def synthesize(out: str | os.PathLike, *, users: int | None = None, scale: str =
         out: dataset folder to create. An existing dataset folder (or an empty folder) is replaced once the
             new one is complete; a file or a non-empty folder without ``manifest.json`` is refused.
         users: number of users (overrides the scale's preset).
-        scale: ``small``, ``default`` or ``large`` (see ``SCALES``); ignored when ``config`` is given.
+        scale: ``small``, ``default``, ``large`` or ``lifecycle`` (see ``SCALES``); ignored when ``config``
+            is given.
         seed: an integer or a numpy Generator (converted once); same seed, same dataset.
         max_events: per-user cap; the heaviest user gets exactly this many events.
         progress: show a progress bar on stderr.
