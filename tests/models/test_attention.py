@@ -173,3 +173,84 @@ def test_twin_attention_has_no_gradient_through_the_choice(model_dataset):
     alpha = twin.scores(features, kernel, table, seq.item_id, features.cross_rows(seq.cross))
     index, valid = topk_merge(alpha, seq.mask, 4)
     assert touched == set(seq.item_id.gather(1, index)[valid].tolist())
+
+
+# ---- issue 9: TargetAttention and DIN's activation unit against slow references --------------------------
+
+
+def _reference_mlp(mlp, x: list[float]) -> list[float]:
+    """The MLP written out: Linear (y_o = b_o + sum_i W_oi x_i), PReLU with one slope per feature, ..."""
+    for layer in mlp.net:
+        if isinstance(layer, torch.nn.Linear):
+            W, b = layer.weight.tolist(), layer.bias.tolist()
+            x = [b[o] + sum(W[o][i] * x[i] for i in range(len(x))) for o in range(len(W))]
+        else:  # FeaturePReLU
+            slopes = layer.weight.tolist()
+            x = [v if v >= 0 else slopes[o] * v for o, v in enumerate(x)]
+    return x
+
+
+def test_target_attention_equals_slow_reference(model_dataset):
+    from twinv2.models.attention import TargetAttention
+
+    config = tiny_config()
+    torch.manual_seed(3)
+    features = FeatureEmbeddings(config, model_dataset.manifest, model_dataset.items)
+    attention = TargetAttention(features, config.num_heads, config.head_dim)
+    rng = np.random.default_rng(3)
+    seq = random_sequence(model_dataset, 4, 9, rng, lengths=[9, 5, 1, 0])
+    query = features.inherent(torch.from_numpy(rng.integers(1, model_dataset.manifest.num_items + 1, 4)))
+    with torch.no_grad():
+        fast = attention(features, query, seq)
+        full = features.full(seq.item_id, features.cross_rows(seq.cross))  # [B, K, D]: keys and values
+        s, H = attention.score, config.num_heads
+        slow = []
+        for b in range(4):
+            keys = full[b].tolist()
+            # Classic target attention: no cross bias (no channels), the full features as keys and values.
+            alpha = reference_twin_scores(keys, [[] for _ in keys], query[b].tolist(), s.key_weight.tolist(),
+                                          s.query_weight.tolist(), [[] for _ in range(H)], [[] for _ in range(H)])
+            slow.append(reference_esu(alpha, keys, seq.mask[b].tolist(), [1.0] * len(keys), False,
+                                      attention.attention.value_weight.tolist(),
+                                      attention.attention.out.weight.tolist()))
+    torch.testing.assert_close(fast, torch.tensor(slow), rtol=1e-4, atol=1e-5)
+    assert (fast[3] == 0).all()  # the all-padding row
+    assert not torch.allclose(fast[0], fast[1])  # the rows differ: the check compares something
+
+
+def test_din_activation_unit_equals_slow_reference(model_dataset):
+    """DIN: w_i = MLP([e_i, q, e_i - q, e_i * q, c_i]) per behavior, NOT softmax-normalised; the output is
+    sum_i w_i [e_i, c_i] over the first din_len real behaviors."""
+    from twinv2.models.din import DinLongTerm
+
+    config = tiny_config(long_term="din")
+    torch.manual_seed(4)
+    features = FeatureEmbeddings(config, model_dataset.manifest, model_dataset.items)
+    din = DinLongTerm(config, features)
+    with torch.no_grad():  # distinct slopes per feature, so a slope applied on the wrong axis shows
+        for layer in din.activation_unit.net:
+            if not isinstance(layer, torch.nn.Linear):
+                layer.weight.copy_(torch.rand(layer.weight.shape) * 0.5)
+    rng = np.random.default_rng(4)
+    L = config.din_len + 3  # behaviors past din_len must be ignored
+    seq = random_sequence(model_dataset, 3, L, rng, lengths=[L, 4, 0])
+    target = torch.from_numpy(rng.integers(1, model_dataset.manifest.num_items + 1, 3))
+    query = features.inherent(target)
+    with torch.no_grad():
+        fast = din(features, query, target, seq)
+        e_all = features.inherent(seq.item_id)
+        c_all = features.cross(features.cross_rows(seq.cross))
+        slow = []
+        for b in range(3):
+            q = query[b].tolist()
+            out = [0.0] * (len(q) + c_all.shape[-1])
+            for i in range(config.din_len):
+                if not seq.mask[b, i]:
+                    continue
+                e, c = e_all[b, i].tolist(), c_all[b, i].tolist()
+                x = e + q + [u - v for u, v in zip(e, q, strict=True)] + [u * v for u, v in zip(e, q, strict=True)] + c
+                (w,) = _reference_mlp(din.activation_unit, x)
+                out = [o + w * v for o, v in zip(out, e + c, strict=True)]
+            slow.append(out)
+    torch.testing.assert_close(fast, torch.tensor(slow), rtol=1e-4, atol=1e-5)
+    assert (fast[2] == 0).all()

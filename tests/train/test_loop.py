@@ -239,6 +239,8 @@ def test_twinv2_trains_and_evaluates_with_refreshed_clusters(dataset, clusters, 
     stale = evaluate_checkpoint(result.best_checkpoint, "test", show_progress=False)
     fresh = evaluate_checkpoint(result.best_checkpoint, "test", compressed=at_test, show_progress=False)
     assert stale["num_samples"] == fresh["num_samples"] and 0 < fresh["auc"] < 1
+    # The refreshed clusters are read: other sequences, other predictions (issue 9: ignoring them passed).
+    assert fresh["logloss"] != stale["logloss"]
     # Clusters built at the test start hold behaviors after the first train and valid samples.
     for split in ("train", "valid"):
         with pytest.raises(CompressionError, match=f"after the start of the {split} window"):

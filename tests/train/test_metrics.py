@@ -27,7 +27,13 @@ from twinv2.train.metrics import (
     reference_per_user_auc,
 )
 
-sklearn_metrics = pytest.importorskip("sklearn.metrics")
+
+@pytest.fixture(scope="module")
+def sklearn_metrics():
+    """scikit-learn, the reference of the comparison tests only: without it those tests skip, while the
+    hand-computed ones above and below still run (a module-level importorskip would skip them all)."""
+    return pytest.importorskip("sklearn.metrics")
+
 
 # Few distinct scores, so that ties (within and across users) are the common case.
 TIED_SCORES = [-2.0, -0.0, 0.0, 0.25, 0.5, 3.0]
@@ -135,7 +141,7 @@ def test_log_loss_clips_probabilities_to_eps():
 
 @settings(max_examples=150, deadline=None)
 @given(rows_strategy)
-def test_gauc_matches_sklearn_reference_with_heavy_ties(rows):
+def test_gauc_matches_sklearn_reference_with_heavy_ties(sklearn_metrics, rows):
     user_ids, labels, scores = _columns(rows)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UndefinedMetricWarning)
@@ -145,7 +151,7 @@ def test_gauc_matches_sklearn_reference_with_heavy_ties(rows):
 
 @settings(max_examples=150, deadline=None)
 @given(rows_strategy)
-def test_auc_matches_sklearn_with_heavy_ties(rows):
+def test_auc_matches_sklearn_with_heavy_ties(sklearn_metrics, rows):
     _, labels, scores = _columns(rows)
     if labels.min() == labels.max():
         with pytest.warns(UndefinedMetricWarning, match="AUC is undefined"):
@@ -155,7 +161,7 @@ def test_auc_matches_sklearn_with_heavy_ties(rows):
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_per_user_auc_matches_reference_on_random_data(seed):
+def test_per_user_auc_matches_reference_on_random_data(sklearn_metrics, seed):
     user_ids, labels, scores = _random_data(seed, n=20_000, users=400, decimals=1)
     fast = per_user_auc(user_ids, labels, scores)
     _assert_same_per_user(fast, reference_per_user_auc(user_ids, labels, scores))
@@ -293,7 +299,7 @@ def test_metrics_do_not_mutate_inputs():
         assert np.signbit(before).tolist() == np.signbit(after).tolist()
 
 
-def test_log_loss_matches_sklearn():
+def test_log_loss_matches_sklearn(sklearn_metrics):
     _, labels, scores = _random_data(8, n=5_000, users=1, decimals=3)
     probs = np.clip(scores.astype(np.float64), 1e-3, 1 - 1e-3)  # inside [eps, 1 - eps]: no clipping
     assert log_loss(labels, probs) == pytest.approx(sklearn_metrics.log_loss(labels, probs), rel=1e-12)
