@@ -103,3 +103,15 @@ def test_scorer_matches_training_forward_on_a_raw_store_bootstrap(serve_data, tm
         seqs = user_sequences(store.get_user(int(user)), 10_000, info.manifest, info.sequence_config)
         got, _ = Scorer(model).score(seqs.long, seqs.short, torch.from_numpy(candidates))
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(("n", "k", "H"), [(50, 8, 2), (300, 20, 4), (9, 8, 3)])
+def test_gsu_merge_equals_topk_merge(n, k, H):
+    from twinv2.models.attention import topk_merge
+    from twinv2.serve.scorer import _gsu_merge
+
+    torch.manual_seed(n)
+    alpha = torch.randn(H, 6, n)  # distinct scores (the order of exact ties is unspecified in both)
+    alpha[1] = alpha[0] + 0.01 * alpha[1]  # heads that largely agree: their top k overlap
+    expected, _ = topk_merge(alpha.permute(1, 2, 0), torch.ones(6, n, dtype=torch.bool), k)
+    assert torch.equal(_gsu_merge(alpha, k), expected)

@@ -102,6 +102,24 @@ def _take(seq: SequenceBatch, positions: torch.Tensor) -> SequenceBatch:
     return _map(seq, lambda t: t[:, positions])
 
 
+def _gsu_merge(alpha: torch.Tensor, k: int) -> torch.Tensor:
+    """:func:`topk_merge` over all-real positions, from scores laid out ``[H, c, n]`` (``n > k``).
+
+    The merge reads nothing but each head's k best positions, so it is run on their union only: each
+    head's top k over the contiguous last axis (no ``[c, n, H]`` copy, no padding mask over all n), then
+    the shared :func:`topk_merge` over the ``<= k H`` distinct positions (repeats masked out), mapped back.
+    Same choice as ``topk_merge(alpha.permute(1, 2, 0), mask, k)``. Returns int64 ``[c, k]`` positions.
+    """
+    H, c, _ = alpha.shape
+    ranked = alpha.topk(k, dim=2).indices  # [H, c, k]
+    union, _ = ranked.permute(1, 0, 2).reshape(c, H * k).sort(dim=1)  # [c, kH] positions, sorted
+    repeat = torch.zeros_like(union, dtype=torch.bool)
+    repeat[:, 1:] = union[:, 1:] == union[:, :-1]
+    sub = alpha.gather(2, union.expand(H, -1, -1))  # [H, c, kH]: the scores at those positions
+    index, _ = topk_merge(sub.permute(1, 2, 0), ~repeat, k)  # [c, k] into the union
+    return union.gather(1, index)
+
+
 class Scorer:
     """Scores B candidate items for one user's sequences with a trained :class:`CTRModel`.
 
@@ -186,7 +204,7 @@ class Scorer:
             if n > k:
                 q_aug = torch.cat([twin.score.project_query(q), torch.ones(H, c, 1)], dim=2)  # [H, c, d_k + 1]
                 alpha = torch.bmm(q_aug, keys_t)  # [H, c, n]
-                index, _ = topk_merge(alpha.permute(1, 2, 0), full.mask, k)  # [c, k]
+                index = _gsu_merge(alpha, k)  # [c, k]
                 chosen = gather_positions(full, index)
                 chosen_rows = full_rows.gather(1, index[..., None].expand(-1, -1, full_rows.shape[-1]))
             else:  # the whole sequence fits in the ESU, as in TwinAttention.forward
