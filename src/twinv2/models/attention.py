@@ -91,7 +91,7 @@ class RelevanceScore(nn.Module):
     """
 
     def __init__(self, key_dim: int, query_dim: int, num_heads: int, head_dim: int, num_cross: int = 0,
-                 cross_dim: int = 0, init: str = "xavier", beta_init: float = 1.0):
+                 cross_dim: int = 0, init: str = "xavier", beta_init: float = 1.0, input_std: float = 0.05):
         super().__init__()
         self.num_heads, self.head_dim, self.num_cross = num_heads, head_dim, num_cross
         self.key_weight = nn.Parameter(torch.empty(num_heads, key_dim, head_dim))  # W_h
@@ -100,6 +100,16 @@ class RelevanceScore(nn.Module):
             nn.init.xavier_uniform_(w.view(-1, head_dim))
         if init == "aligned" and key_dim == query_dim:
             with torch.no_grad():
+                self.query_weight.copy_(self.key_weight)
+        elif init == "matched" and key_dim == query_dim:
+            # W_q = W_k = g * (orthonormal columns) per head: the score starts as a scaled inner product of
+            # the embeddings' projections. For embeddings of std s, an item scored against itself gets
+            # about g^2 d_k s^2 / sqrt(d_k); g = d_k^(-1/4) / s makes that 1 (against another item: ~ 0 +-
+            # 1 / sqrt(d_k)), so the target-aware term is not drowned by the cross bias at step 0.
+            gain = head_dim ** -0.25 / input_std
+            with torch.no_grad():
+                for a in range(num_heads):
+                    nn.init.orthogonal_(self.key_weight[a], gain=gain)
                 self.query_weight.copy_(self.key_weight)
         if num_cross:
             # w_aj: channel j's own F-vector per head; beta_a: the weights of the J scalars per head.
@@ -284,11 +294,11 @@ class TwinAttention(nn.Module):
     """
 
     def __init__(self, features: FeatureEmbeddings, num_heads: int, head_dim: int, init: str = "xavier",
-                 beta_init: float = 1.0, null_slot: bool = False):
+                 beta_init: float = 1.0, null_slot: bool = False, input_std: float = 0.05):
         super().__init__()
         self.score = RelevanceScore(features.inherent_dim, features.inherent_dim, num_heads, head_dim,
                                     num_cross=features.num_cross, cross_dim=features.feature_dim, init=init,
-                                    beta_init=beta_init)
+                                    beta_init=beta_init, input_std=input_std)
         self.attention = MultiHeadTargetAttention(features.full_dim, num_heads, head_dim, null_slot=null_slot)
 
     @property

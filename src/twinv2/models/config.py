@@ -38,7 +38,9 @@ class ModelConfig:
     mlp_dims: tuple[int, ...] = (200, 80)
     # Initialisation of the embedding tables and of TWIN's shared score (see RelevanceScore).
     embedding_std: float = 0.05
-    score_init: str = "xavier"  # xavier | aligned (W_q starts equal to W_k: the score starts as an inner product)
+    # xavier | aligned (W_q starts equal to W_k) | matched (aligned, orthogonal, scaled so that an item
+    # scores about 1 against itself at step 0: see RelevanceScore)
+    score_init: str = "xavier"
     cross_beta_init: float = 1.0
     esu_null_slot: bool = False  # twin/twinv2 ESU: a learned "nothing relevant" slot joins the softmax
     # Numeric bucketisation (see embeddings.py): features named here are ratios in [0, 1] (uniform buckets);
@@ -73,8 +75,9 @@ class ModelConfig:
         if self.sdim_hash_bits > 16:
             raise ConfigError(f"model config 'sdim_hash_bits' must be <= 16 (2**tau buckets), "
                               f"got {self.sdim_hash_bits}")
-        if self.score_init not in ("xavier", "aligned"):
-            raise ConfigError(f"model config 'score_init' must be 'xavier' or 'aligned', got {self.score_init!r}")
+        if self.score_init not in ("xavier", "aligned", "matched"):
+            raise ConfigError(f"model config 'score_init' must be 'xavier', 'aligned' or 'matched', "
+                              f"got {self.score_init!r}")
         if not self.embedding_std > 0:
             raise ConfigError(f"model config 'embedding_std' must be > 0, got {self.embedding_std!r}")
         if not isinstance(self.use_log_size, bool):

@@ -23,7 +23,8 @@ class TwinLongTerm(LongTermModule):
     def __init__(self, config: ModelConfig, features: FeatureEmbeddings):
         super().__init__(config, features)
         self.twin = TwinAttention(features, config.num_heads, config.head_dim, init=config.score_init,
-                                  beta_init=config.cross_beta_init, null_slot=config.esu_null_slot)
+                                  beta_init=config.cross_beta_init, null_slot=config.esu_null_slot,
+                                  input_std=config.embedding_std)
         self.out_dim = self.twin.out_dim
 
     def use_log_size(self) -> bool:
