@@ -9,12 +9,8 @@ the driver can reach (local disk in ``local[N]`` mode, NFS or a mounted bucket o
 
 pyspark is imported only here, inside the functions, so ``twinv2`` works without it.
 
-Run on a cluster with ``spark-submit`` (this file is the entry point; options as ``twinv2 compress``)::
-
-    spark-submit --master yarn --deploy-mode client \\
-      --conf spark.executorEnv.NUMBA_NUM_THREADS=1 --conf spark.executorEnv.OMP_NUM_THREADS=1 \\
-      "$(python -c 'import twinv2.compress.spark as m; print(m.__file__)')" \\
-      --dataset /shared/data/synth --out /shared/compressed/synth --snapshot-ts 1700000000
+Run on a cluster with ``spark-submit`` through :mod:`twinv2.spark_submit` (the entry point, options as
+``twinv2 compress``); this module does not import the CLI, so the package has no import circle.
 """
 
 from __future__ import annotations
@@ -29,7 +25,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from twinv2.compress.job import ONE_THREAD_ENV, UserCompressor
+from twinv2.compress.compressor import ONE_THREAD_ENV, UserCompressor
 from twinv2.compress.store import empty_columns, part_name, virtual_item_schema, write_part
 from twinv2.data.store import EVENTS_FILE, Dataset
 from twinv2.errors import CompressionError
@@ -178,14 +174,3 @@ def _run_stages(spark: Any, comp: UserCompressor, ds: Dataset, out: Path, pendin
                .collect())
     comp_bc.unpersist()
     return {int(r["part"]) for r in written}
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``spark-submit .../twinv2/compress/spark.py --dataset ... --out ... --snapshot-ts ...``."""
-    from twinv2.cli import app
-
-    app(["compress", "run", "--backend", "spark", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    main()
