@@ -58,7 +58,8 @@ def _policy_categories(items: ItemUniverse, cfg: SynthConfig, truth: UserTruth, 
     """Categories the recommender picks for interests ``interest`` at times ``ts`` (int64 ``[n]``).
 
     The policy sees each interest's direction once a week (recommenders lag): ``P(k) ~ exp(T <u_j(w), c_k>)``
-    over non-empty categories. Only the (interest, week) rows that occur are evaluated.
+    over non-empty categories. Only the (interest, week) rows that occur are evaluated, and each distinct
+    (interest, direction) once: an interest that does not drift has the same distribution every week.
     """
     C = cfg.num_categories
     weeks = math.ceil(cfg.horizon_days / 7)
@@ -67,15 +68,18 @@ def _policy_categories(items: ItemUniverse, cfg: SynthConfig, truth: UserTruth, 
     j, w = rows // weeks, rows % weeks
     t_mid = cfg.start_ts + (w + 0.5) * WEEK
     theta = np.minimum(truth.drift_max[j], truth.drift_rate[j] * np.maximum(t_mid - truth.join_ts, 0.0))
+    distinct, row_of = np.unique(np.stack([j.astype(np.float64), theta], axis=1), axis=0, return_inverse=True)
+    dj, dtheta = distinct[:, 0].astype(np.int64), distinct[:, 1]  # [R'] with R' <= R rows
     cos_a = truth.vec_a @ items.category_centers.T  # [K, C + 1]
     cos_b = truth.vec_b @ items.category_centers.T
-    logits = cfg.rec_temperature * (np.cos(theta)[:, None] * cos_a[j] + np.sin(theta)[:, None] * cos_b[j])
+    logits = cfg.rec_temperature * (np.cos(dtheta)[:, None] * cos_a[dj] + np.sin(dtheta)[:, None] * cos_b[dj])
     logits[:, items.category_size == 0] = -np.inf  # includes the unknown code 0
     p = np.exp(logits - logits.max(axis=1, keepdims=True))
-    cdf = np.cumsum(p, axis=1)
+    cdf = np.cumsum(p, axis=1)  # [R', C + 1]
     cdf /= cdf[:, -1:]
     cdf[:, -1] = 1.0
-    flat = (cdf + np.arange(len(rows))[:, None]).ravel()
+    # Row r of the search table is its distribution's CDF shifted by r: one searchsorted serves every row.
+    flat = (cdf[row_of.reshape(-1)] + np.arange(len(rows))[:, None]).ravel()
     pos = np.searchsorted(flat, inv + u, side="right")
     pos = np.minimum(pos, (inv + 1) * (C + 1) - 1)
     return (pos - inv * (C + 1)).astype(np.int64)
