@@ -28,13 +28,7 @@ import torch
 
 from twinv2.data.batches import Batch, SequenceBatch
 from twinv2.models import CTRModel
-from twinv2.models.attention import (
-    cluster_aware_scores,
-    cross_bias,
-    gather_positions,
-    masked_softmax,
-    topk_merge,
-)
+from twinv2.models.attention import cluster_aware_scores, cross_bias, masked_softmax, topk_merge
 from twinv2.models.twin import TwinLongTerm
 
 __all__ = ["Explanation", "ProjectionCache", "Scorer"]
@@ -186,41 +180,43 @@ class Scorer:
         real = torch.nonzero(long.mask[0]).squeeze(1)  # [n] positions of real entries
         n = len(real)
         seq = _take(long, real if n else torch.zeros(1, dtype=torch.int64))  # [1, n] (or one padding)
+        # Per request, once for all candidates: the behaviors' full features, cross bias and ln n.
         rows = features.cross_rows(seq.cross)  # [1, n, J]
-        table = self.cache.cross_table
+        D_h = features.inherent_dim
+        values = features.full(seq.item_id, rows)[0]  # [n, D]: K = [K_h, K_c], the ESU's keys and values
+        bias = cross_bias(self.cache.cross_table, rows)[0]  # [n, H]
         if n > k:
-            # Keys: cached projections plus one column for the bias and ln n: [H, d_k + 1, n].
-            bias = cluster_aware_scores(cross_bias(table, rows), seq.size, seq.mask, use_log)[0]  # [n, H]
-            keys = torch.cat([self.cache.key_proj[:, seq.item_id[0]], bias.t()[..., None]], dim=2)
+            # GSU keys: cached projections plus one column for the bias and ln n: [H, d_k + 1, n].
+            gsu_bias = cluster_aware_scores(bias[None], seq.size, seq.mask, use_log)[0]  # [n, H]
+            keys = torch.cat([self.cache.key_proj[:, seq.item_id[0]], gsu_bias.t()[..., None]], dim=2)
             keys_t = keys.transpose(1, 2).contiguous()  # [H, d_k + 1, n]
         query = features.inherent(candidates)  # [B, D_h]
+        # The short sequence is the same for every candidate: its keys are computed once, then the
+        # short-term module's own score and attention run per chunk (TargetAttention.forward, keys hoisted).
         short_seq = _map(short, lambda t: t[:, :model.config.short_len])  # as CTRModel.forward truncates
+        short_keys = features.full(short_seq.item_id, features.cross_rows(short_seq.cross))  # [1, S, D]
+        st = model.short_term
         logits, expl_pos, expl_w = [], [], []
         for start in range(0, B, self.chunk):
             q = query[start:start + self.chunk]  # [c, D_h]
             c = len(q)
-            full = _expand(seq, c)  # [c, n]
-            full_rows = rows.expand(c, -1, -1)
             if n > k:
                 q_aug = torch.cat([twin.score.project_query(q), torch.ones(H, c, 1)], dim=2)  # [H, c, d_k + 1]
                 alpha = torch.bmm(q_aug, keys_t)  # [H, c, n]
                 index = _gsu_merge(alpha, k)  # [c, k]
-                chosen = gather_positions(full, index)
-                chosen_rows = full_rows.gather(1, index[..., None].expand(-1, -1, full_rows.shape[-1]))
             else:  # the whole sequence fits in the ESU, as in TwinAttention.forward
-                index = torch.arange(full.item_id.shape[1]).expand(c, -1)
-                chosen, chosen_rows = full, full_rows
-            # ESU: the model's modules, as in TwinAttention.forward.
+                index = torch.arange(seq.item_id.shape[1]).expand(c, -1)
+            # ESU over the chosen behaviors: the model's modules, as in TwinAttention.forward.
+            chosen_values = values[index]  # [c, k, D]
             kernel = twin.score.query_kernel(q)  # [c, D_h, H]
-            keys_k = features.inherent(chosen.item_id)  # [c, k, D_h]
-            esu_alpha = cluster_aware_scores(twin.score(keys_k, kernel, cross_bias(table, chosen_rows)),
-                                             chosen.size, chosen.mask, use_log)
-            values = torch.cat([keys_k, features.cross(chosen_rows)], dim=-1)  # [c, k, D]
-            long_out = twin.attention(esu_alpha, values, chosen.mask)  # [c, H * d_v]
-            short_out = model.short_term(features, q, _expand(short_seq, c))
+            esu_alpha = cluster_aware_scores(twin.score(chosen_values[..., :D_h], kernel, bias[index]),
+                                             seq.size[0][index], seq.mask[0][index], use_log)  # [c, k, H]
+            long_out = twin.attention(esu_alpha, chosen_values, seq.mask[0][index])  # [c, H * d_v]
+            sk = short_keys.expand(c, -1, -1)  # [c, S, D]
+            short_out = st.attention(st.score(sk, st.score.query_kernel(q)), sk, short_seq.mask.expand(c, -1))
             logits.append(model.head(torch.cat([q, long_out, short_out], dim=-1)).squeeze(-1))
             if explain:
-                weight = masked_softmax(esu_alpha, chosen.mask).mean(dim=2)  # [c, k]
+                weight = masked_softmax(esu_alpha, seq.mask[0][index]).mean(dim=2)  # [c, k]
                 m = min(explain, weight.shape[1])
                 top_w, top_i = weight.topk(m, dim=1)
                 pos = real[index.gather(1, top_i)] if n else torch.full_like(top_i, -1)
