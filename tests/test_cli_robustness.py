@@ -576,3 +576,24 @@ def test_bad_input_fails_cleanly_in_one_line(case: Case, world: World, tmp_path:
     if untouched is not None:
         assert untouched.exists() and (before is None or _snapshot(untouched) == before), \
             f"the command replaced {untouched}\n{shown}"
+
+
+# ---- failed file operations inside a command ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("error", [
+    OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/data/out/part-00001.parquet"),
+    PermissionError(errno.EACCES, os.strerror(errno.EACCES), "/data/readonly/stats.png"),
+    OSError(errno.EROFS, os.strerror(errno.EROFS), "/mnt/ro/x", "/mnt/ro/y"),
+], ids=["disk full", "permission denied", "read-only filesystem (two paths)"])
+def test_os_error_inside_a_command_is_one_line_naming_the_file(error, monkeypatch):
+    """Not-found was the only OSError the CLI caught; disk full and the others were tracebacks."""
+    def fail(*args: Any, **kwargs: Any) -> None:
+        raise error
+
+    monkeypatch.setattr("twinv2.compress.stats.compression_stats", fail)
+    result = CliRunner().invoke(app, ["compress", "stats", "/anything"])
+    assert result.exit_code == 2 and (result.exception is None or isinstance(result.exception, SystemExit))
+    assert result.stdout == ""
+    (line,) = result.stderr.strip().splitlines()
+    assert error.filename in line and error.strerror in line
