@@ -44,7 +44,7 @@ def served(request, serve_data, tmp_path_factory):
 @pytest.mark.parametrize("ts", [SNAPSHOT_TS, 7_777, 10_000])
 def test_scorer_matches_training_forward(served, ts):
     model, info, store, dataset, compressed = served
-    scorer = Scorer(model, chunk=7)  # a chunk size that does not divide B
+    scorer = Scorer(model, chunk=7, esu_chunk=11)  # chunk sizes that do not divide B
     candidates = np.arange(1, dataset.manifest.num_items + 1, dtype=np.int64)
     for user in heavy_users(dataset):
         expected = _training_logits(model, info, dataset, compressed, int(user), ts, candidates)
@@ -115,3 +115,4 @@ def test_gsu_merge_equals_topk_merge(n, k, H):
     alpha[1] = alpha[0] + 0.01 * alpha[1]  # heads that largely agree: their top k overlap
     expected, _ = topk_merge(alpha.permute(1, 2, 0), torch.ones(6, n, dtype=torch.bool), k)
     assert torch.equal(_gsu_merge(alpha, k), expected)
+

@@ -104,11 +104,13 @@ def _gsu_merge(alpha: torch.Tensor, k: int) -> torch.Tensor:
     the shared :func:`topk_merge` over the ``<= k H`` distinct positions (repeats masked out), mapped back.
     Same choice as ``topk_merge(alpha.permute(1, 2, 0), mask, k)``. Returns int64 ``[c, k]`` positions.
     """
-    H, c, _ = alpha.shape
-    ranked = alpha.topk(k, dim=2).indices  # [H, c, k]
-    union, _ = ranked.permute(1, 0, 2).reshape(c, H * k).sort(dim=1)  # [c, kH] positions, sorted
-    repeat = torch.zeros_like(union, dtype=torch.bool)
-    repeat[:, 1:] = union[:, 1:] == union[:, :-1]
+    H, c, n = alpha.shape
+    ranked = alpha.topk(k, dim=2, sorted=False).indices  # [H, c, k] (any order: the merge re-ranks)
+    union = ranked.permute(1, 0, 2).reshape(c, H * k)  # [c, kH] positions, head by head
+    # A position several heads chose appears once: its first occurrence stays, the repeats are masked.
+    step = torch.arange(H * k).expand(c, -1)
+    first = torch.full((c, n), H * k, dtype=torch.int64).scatter_reduce_(1, union, step, reduce="amin")
+    repeat = first.gather(1, union) != step
     sub = alpha.gather(2, union.expand(H, -1, -1))  # [H, c, kH]: the scores at those positions
     index, _ = topk_merge(sub.permute(1, 2, 0), ~repeat, k)  # [c, k] into the union
     return union.gather(1, index)
@@ -124,11 +126,12 @@ class Scorer:
     Args:
         model: the model (eval mode; moved to the CPU by the caller if needed).
         chunk: candidates per GSU chunk (keeps ``[H, chunk, L]`` scores cache-resident).
+        esu_chunk: candidates per ESU / short-term / MLP chunk (bounds the ``[chunk, k, D]`` gathers).
     """
 
-    def __init__(self, model: CTRModel, chunk: int = 32):
+    def __init__(self, model: CTRModel, chunk: int = 32, esu_chunk: int = 256):
         self.model = model.eval()
-        self.chunk = int(chunk)
+        self.chunk, self.esu_chunk = int(chunk), int(esu_chunk)
         self.cached = isinstance(model.long_term, TwinLongTerm)
         self.cache = ProjectionCache(model) if self.cached else None
 
@@ -196,30 +199,34 @@ class Scorer:
         short_seq = _map(short, lambda t: t[:, :model.config.short_len])  # as CTRModel.forward truncates
         short_keys = features.full(short_seq.item_id, features.cross_rows(short_seq.cross))  # [1, S, D]
         st = model.short_term
+        # GSU in small chunks (their [H, chunk, n] scores stay in cache), then the ESU, short-term module and
+        # MLP in larger chunks (fewer, bigger operations).
+        if n > k and B:
+            index = torch.cat([_gsu_merge(torch.bmm(torch.cat([twin.score.project_query(q), torch.ones(H, len(q), 1)],
+                                                              dim=2), keys_t), k)  # [H, c, n] -> [c, k]
+                               for q in query.split(self.chunk)])
+        else:  # the whole sequence fits in the ESU, as in TwinAttention.forward
+            index = torch.arange(seq.item_id.shape[1]).expand(B, -1)
         logits, expl_pos, expl_w = [], [], []
-        for start in range(0, B, self.chunk):
-            q = query[start:start + self.chunk]  # [c, D_h]
+        for start in range(0, B, self.esu_chunk):
+            q = query[start:start + self.esu_chunk]  # [c, D_h]
+            idx = index[start:start + self.esu_chunk]  # [c, k]
             c = len(q)
-            if n > k:
-                q_aug = torch.cat([twin.score.project_query(q), torch.ones(H, c, 1)], dim=2)  # [H, c, d_k + 1]
-                alpha = torch.bmm(q_aug, keys_t)  # [H, c, n]
-                index = _gsu_merge(alpha, k)  # [c, k]
-            else:  # the whole sequence fits in the ESU, as in TwinAttention.forward
-                index = torch.arange(seq.item_id.shape[1]).expand(c, -1)
             # ESU over the chosen behaviors: the model's modules, as in TwinAttention.forward.
-            chosen_values = values[index]  # [c, k, D]
+            chosen_values = values[idx]  # [c, k, D]
+            chosen_mask = seq.mask[0][idx]
             kernel = twin.score.query_kernel(q)  # [c, D_h, H]
-            esu_alpha = cluster_aware_scores(twin.score(chosen_values[..., :D_h], kernel, bias[index]),
-                                             seq.size[0][index], seq.mask[0][index], use_log)  # [c, k, H]
-            long_out = twin.attention(esu_alpha, chosen_values, seq.mask[0][index])  # [c, H * d_v]
+            esu_alpha = cluster_aware_scores(twin.score(chosen_values[..., :D_h], kernel, bias[idx]),
+                                             seq.size[0][idx], chosen_mask, use_log)  # [c, k, H]
+            long_out = twin.attention(esu_alpha, chosen_values, chosen_mask)  # [c, H * d_v]
             sk = short_keys.expand(c, -1, -1)  # [c, S, D]
             short_out = st.attention(st.score(sk, st.score.query_kernel(q)), sk, short_seq.mask.expand(c, -1))
             logits.append(model.head(torch.cat([q, long_out, short_out], dim=-1)).squeeze(-1))
             if explain:
-                weight = masked_softmax(esu_alpha, seq.mask[0][index]).mean(dim=2)  # [c, k]
+                weight = masked_softmax(esu_alpha, chosen_mask).mean(dim=2)  # [c, k]
                 m = min(explain, weight.shape[1])
                 top_w, top_i = weight.topk(m, dim=1)
-                pos = real[index.gather(1, top_i)] if n else torch.full_like(top_i, -1)
+                pos = real[idx.gather(1, top_i)] if n else torch.full_like(top_i, -1)
                 pos = torch.where(top_w > 0, pos, torch.full_like(pos, -1))
                 expl_pos.append(pos)
                 expl_w.append(top_w)
