@@ -16,7 +16,8 @@ import pytest
 from tests.serve.conftest import _free_port
 from tests.serve.serve_testing import SNAPSHOT_TS
 from twinv2.checkpoints import load_model
-from twinv2.serve.store import context_length, open_store
+from twinv2.serve.backends import open_store
+from twinv2.serve.store import context_length
 
 USERS = (2, 7, 4_242)  # two users of the dataset and a new one
 

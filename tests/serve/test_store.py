@@ -11,9 +11,10 @@ from hypothesis import strategies as st
 from tests.serve.serve_testing import SNAPSHOT_TS
 from twinv2.checkpoints import load_model
 from twinv2.compress import load_compressed
+from twinv2.serve.backends import open_store
 from twinv2.serve.loader import compression_version, load_version
 from twinv2.serve.state import decode_arrays, encode_arrays
-from twinv2.serve.store import Event, EventRejectedError, Folder, VersionInfo, context_length, make_folder, open_store
+from twinv2.serve.store import Event, EventRejectedError, Folder, VersionInfo, context_length, make_folder
 
 CROSS = ["play_time", "completion_ratio"]
 

@@ -13,11 +13,12 @@ Example:
     >>> service.score(user_id=3, candidates=[10, 11, 12])["scores"]  # doctest: +SKIP
 """
 
+from twinv2.serve.backends import open_store
 from twinv2.serve.scorer import ProjectionCache, Scorer
 from twinv2.serve.sequences import user_sequences
 from twinv2.serve.service import ServeConfig, Service
 from twinv2.serve.state import RawEvents, UserState
-from twinv2.serve.store import Event, LifeCycleStore, open_store
+from twinv2.serve.store import Event, LifeCycleStore
 
 __all__ = [
     "Event",

@@ -27,6 +27,7 @@ import torch
 from twinv2.checkpoints import ModelInfo, load_model
 from twinv2.compress.store import EMBEDDINGS_FILE, read_compressed_manifest
 from twinv2.errors import CheckpointError, ConfigError, RequestError
+from twinv2.serve.backends import open_store
 from twinv2.serve.loader import RAW_VERSION, bootstrap_raw, load_version
 from twinv2.serve.scorer import Scorer
 from twinv2.serve.sequences import describe_positions, user_sequences
@@ -38,7 +39,6 @@ from twinv2.serve.store import (
     VersionInfo,
     context_length,
     make_folder,
-    open_store,
 )
 
 __all__ = ["DEFAULT_FOLD_CAP", "OOV_MODES", "ServeConfig", "Service"]

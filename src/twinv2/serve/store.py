@@ -33,7 +33,7 @@ from twinv2.errors import ConfigError, RequestError, StoreError
 from twinv2.serve.state import RawEvents, UserState
 
 __all__ = ["AppendResult", "Event", "EventRejectedError", "Folder", "LifeCycleStore", "StoreError", "StoreSize",
-           "VersionInfo", "context_length", "make_folder", "open_store"]
+           "VersionInfo", "context_length", "make_folder"]
 
 
 class EventRejectedError(RequestError):
@@ -273,25 +273,3 @@ def context_length(sequence_config: SequenceConfig) -> int:
     if sequence_config.long_source == "compressed":
         return sequence_config.short_len
     return max(sequence_config.long_len, sequence_config.short_len)
-
-
-def open_store(url: str, cross_names: list[str], context: int) -> LifeCycleStore:
-    """Open a store by URL: ``sqlite:///path/to/file.db`` (or a plain path) or ``redis://host:port/db``.
-
-    Raises:
-        ConfigError: an unknown scheme. StoreError: the store cannot be opened.
-    """
-    if url.startswith("redis://") or url.startswith("rediss://"):
-        from twinv2.serve.redis_store import RedisStore
-
-        return RedisStore(url, cross_names, context)
-    if url.startswith("sqlite://"):
-        path = url[len("sqlite://"):]  # sqlite:///abs/file.db -> /abs/file.db; sqlite://rel.db -> rel.db
-        from twinv2.serve.sqlite_store import SqliteStore
-
-        return SqliteStore(path or "twinv2-serve.db", cross_names, context)
-    if "://" in url:
-        raise ConfigError(f"--store {url!r}: expected sqlite:///PATH or redis://HOST:PORT/DB")
-    from twinv2.serve.sqlite_store import SqliteStore
-
-    return SqliteStore(url, cross_names, context)
