@@ -1,40 +1,42 @@
-"""Quality benchmark: every model and the TWIN-V2 ablations, several seeds, one protocol (DESIGN §3).
+"""Quality benchmark: every model, the TWIN-V2 ablations and an L sweep, several seeds, one protocol
+(DESIGN §3), with the GSU diagnostics, the oracle ceiling and the data's life-cycle headroom.
 
-    python benchmarks/quality.py --out benchmarks/results/quality.json [--seeds 3] [--dataset DIR]
+    python benchmarks/quality.py --regime {default,lifecycle} --out F.json [--seeds 3] [--sweep all]
+    python benchmarks/quality.py --dataset DIR --out F.json        # an imported dataset
 
 Protocol:
 
-- data: the default synthetic life cycles (``twinv2 data synth --scale default --seed 0``, generated into
+- data: a synthetic regime (``twinv2 data synth --scale default|lifecycle --seed 0``, generated into
   ``--work`` once and reused), or an imported dataset with ``--dataset`` (e.g. MovieLens:
   ``twinv2 data import movielens ../shared/data/ml-latest-small --out data/ml``);
 - split: event-count fractions 80 / 90 / 95% (snapshot, valid start, test start), the library default;
 - equal budgets for every model: GSU length L (``--long-len``), ESU size k (``--esu-size``), the same
   seeded subsample of at most ``--max-train-samples`` train events, ``--epochs`` epochs, batch size; the
-  checkpoint with the best validation GAUC is evaluated on one seeded subsample of the test window
-  (``--max-test-samples``, 50,000 of ~117,000 events by default; the same events for every run; 0 = all);
+  checkpoint with the best validation GAUC (``--eval-points`` validations per run) is evaluated on one
+  seeded subsample of the test window (``--max-test-samples``; the same events for every run; 0 = all);
 - seeds: seed s sets model initialisation, the train subsample and the shuffling. The compressed life
-  cycles are built once per clustering setting with compression seed 0 (so seed variance of ``twinv2``
-  does not include clustering variance; this is stated in the output): at the split snapshot for training
-  and validation, and again at the test start for the test window (the offline job on a regular cadence,
-  as in ``twinv2 demo``; every clustered behavior precedes every sample it serves);
+  cycles are built once per clustering setting with compression seed 0 (seed variance of ``twinv2`` does
+  not include clustering variance), as the offline job on a cadence: ``--cadence`` versions from the split
+  snapshot on (default 8, one every 2.5% of the events); every sample, train, valid or test, reads the
+  latest version built before it (``twinv2.compress.cadence``), so training sees the mix serving sees;
 - ablations (all ``twinv2`` under the same budget): ``twinv2_no_log_size`` (attention without ln n),
   ``twinv2_random_groups`` (random grouping with the same size rule instead of k-means),
-  ``twinv2_gamma5`` / ``twinv2_gamma80`` (gamma sweep; gamma = 20 is ``twinv2`` itself),
-  ``twinv2_flat_k10`` (one-level k-means with a fixed k = 10 clusters per completion group), and
-  ``twinv2_emb_twin`` (clusters from the item embeddings of the seed-0 ``twin`` run instead of the
-  training-free co-occurrence embeddings; those embeddings are learned on the train window).
+  ``twinv2_gamma5`` / ``twinv2_gamma80`` (gamma sweep; gamma = 20 is ``twinv2`` itself) and
+  ``twinv2_flat_k10`` (one-level k-means with a fixed k = 10 clusters per completion group);
+- L sweep (``--sweep``): ``twin`` and ``twinv2`` at L = 100 and 2,000, and ``twin_full``, TWIN over the
+  whole history (L = the longest history before the test end) as the cost and quality reference;
+- per run: test AUC/GAUC/log loss overall and by activity tertile, the GSU diagnostics of
+  ``twinv2 evaluate --diagnostics`` on the test samples and over training, train time, samples/s and
+  peak RSS (one process per run);
+- oracle: the generator's true click probability (``ground_truth/click_prob.npy``) scored on the same test
+  rows; each model's share of its headroom is ``(GAUC - 0.5) / (oracle GAUC - 0.5)``;
+- headroom: ``twinv2.data.headroom.life_cycle_headroom`` of the test window at L.
 
-Outputs: ``--out`` JSON (key ``results``: name -> ``auc_mean``, ``auc_std``, ``gauc_mean``, ``gauc_std``,
-``logloss_mean`` and more), a Markdown table beside it (``.md``) and two PNG plots (GAUC by model; GAUC by
-activity tertile). Each finished run is stored under ``--work/runs`` so an interrupted benchmark resumes
-where it stopped (delete the folder to start over).
-
-Budget: the defaults (L = 500, k = 100, 120,000 of the ~235,000 train events, one epoch, 50,000 test
-samples, two runs at a time with one torch thread each) keep a full run (8 models + 6 ablations, 3 seeds
-= 42 training runs) near 40 minutes on 2 CPU cores; ``sdim`` is the slowest model (~600 samples/s). The
-models are not converged at this budget (twin's validation GAUC rises from 0.650 with 60,000 samples to
-0.685 with all of them); the numbers compare models under one fixed compute budget. ``--quick`` is a
-small smoke run.
+Outputs: ``--out`` JSON (``results``: name -> ``auc_mean``, ``auc_std``, ``gauc_mean``, ``gauc_std``,
+``gauc_high_mean``, ``gsu_category_recall`` (two-stage learned GSUs), ``oracle_headroom_share``...; top
+level ``oracle`` and ``headroom``), a Markdown table beside it (``.md``) and PNG plots (GAUC by model, by
+activity tertile, GAUC vs L). Each finished run is stored under ``--work/runs`` so an interrupted benchmark
+resumes where it stopped (delete the folder to start over). ``--quick`` is a small smoke run.
 """
 
 from __future__ import annotations
@@ -44,23 +46,36 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
+import resource
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 
 from twinv2._io import write_json_atomic
-from twinv2.compress import ClusterConfig, EmbeddingSource, compress_dataset
-from twinv2.data.split import TemporalSplit
+from twinv2.compress import ClusterConfig, EmbeddingSource
+from twinv2.compress.cadence import cadence_snapshots, compress_on_cadence
+from twinv2.data.headroom import life_cycle_headroom
+from twinv2.data.split import TemporalSplit, make_samples
 from twinv2.data.store import Dataset, load_dataset
 from twinv2.models import LONG_TERM_NAMES
 from twinv2.train.config import TrainConfig, apply_overrides, config_to_dict
-from twinv2.train.evaluate import ACTIVITY_GROUPS, evaluate_checkpoint
+from twinv2.train.evaluate import ACTIVITY_GROUPS, evaluate_checkpoint, metrics_report
 from twinv2.train.loop import train_model
-from twinv2.train.report import bar_plot, fmt_mean_std, grouped_bar_plot, markdown_table, mean_std, write_text
+from twinv2.train.report import (
+    bar_plot,
+    fmt_mean_std,
+    grouped_bar_plot,
+    line_plot,
+    markdown_table,
+    mean_std,
+    write_text,
+)
 
 console = Console(stderr=True)
 
@@ -73,13 +88,13 @@ class Variant:
     model: str
     description: str
     cluster: ClusterConfig | None = None  # None = the default ClusterConfig (for models that read clusters)
-    embeddings: str = "cooccurrence"  # or "twin": item table of the seed-0 twin run
     model_overrides: dict[str, Any] = field(default_factory=dict)
+    long_len: int | str | None = None  # GSU input length L; None = --long-len; "full" = the longest history
 
     def compress_key(self) -> str:
         cfg = self.cluster or ClusterConfig()
-        text = json.dumps([dataclasses.asdict(cfg), self.embeddings], sort_keys=True)
-        return f"{self.embeddings}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
+        text = json.dumps([dataclasses.asdict(cfg), "cooccurrence"], sort_keys=True)
+        return f"cooccurrence-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
 
 
 MODEL_VARIANTS = [Variant(m, m, f"{m} (default settings)") for m in LONG_TERM_NAMES]
@@ -92,10 +107,13 @@ ABLATIONS = [
     Variant("twinv2_gamma80", "twinv2", "hierarchical k-means, gamma = 80", cluster=ClusterConfig(gamma=80)),
     Variant("twinv2_flat_k10", "twinv2", "flat k-means, fixed k = 10 clusters per completion group",
             cluster=ClusterConfig(method="flat", flat_k=10)),
-    Variant("twinv2_emb_twin", "twinv2", "clusters of the seed-0 twin run's item embeddings",
-            embeddings="twin"),
 ]
 ABLATION_NAMES = [a.name for a in ABLATIONS]
+# L sweep (issue: GAUC vs L) and TWIN on the whole history as the cost/quality reference.
+SWEEP = [Variant(f"{m}_L{n}", m, f"{m} with L = {n}", long_len=n) for m in ("twin", "twinv2") for n in (100, 2000)]
+SWEEP.append(Variant("twin_full", "twin", "twin over the whole history (L = the longest history before the test end)",
+                     long_len="full"))
+SWEEP_NAMES = [v.name for v in SWEEP]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -108,6 +126,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--models", default=",".join(LONG_TERM_NAMES), help="comma-separated models")
     p.add_argument("--ablations", default=",".join(ABLATION_NAMES), help="comma-separated ablations, or 'none'")
+    p.add_argument("--sweep", default="none", help=f"comma-separated L-sweep variants ({','.join(SWEEP_NAMES)}), "
+                   "'all' or 'none'")
+    p.add_argument("--regime", choices=("default", "lifecycle"), default=None,
+                   help="synthetic regime (the generator's scale of that name) when --dataset is not given")
+    p.add_argument("--raw-cap", type=int, default=None, help="twinv2: raw behaviors leading the long sequence "
+                   "(default: the library's data.raw_cap)")
+    p.add_argument("--cadence", type=int, default=8, help="compressed versions between the split snapshot and "
+                   "the end (the offline job's cadence; 8 = every 2.5%% of the events)")
+    p.add_argument("--eval-points", type=int, default=4, help="validations per run (the GSU diagnostics over "
+                   "training come from them)")
     p.add_argument("--long-len", type=int, default=500, help="GSU input length L (all models)")
     p.add_argument("--esu-size", type=int, default=100, help="ESU size k (all two-stage models)")
     p.add_argument("--max-train-samples", type=int, default=120_000)
@@ -129,6 +157,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.workers = 1
     if args.max_test_samples == 0:
         args.max_test_samples = None
+    if args.regime is not None:
+        args.scale = args.regime
     from twinv2.train._runtime import available_cores, default_num_threads
 
     args.jobs = args.jobs or available_cores()
@@ -148,44 +178,49 @@ def _dataset(args: argparse.Namespace, work: Path) -> Dataset:
     return load_dataset(data)
 
 
+def _long_len(args: argparse.Namespace, variant: Variant) -> int:
+    if variant.long_len == "full":
+        return args.full_len
+    return int(variant.long_len or args.long_len)
+
+
 def _config(args: argparse.Namespace, variant: Variant, seed: int) -> TrainConfig:
-    values = {"model.long_term": variant.model, "model.esu_size": args.esu_size, "data.long_len": args.long_len,
+    steps = -(-args.max_train_samples // args.batch_size) * args.epochs
+    values = {"model.long_term": variant.model, "model.esu_size": args.esu_size,
+              "data.long_len": _long_len(args, variant),
               "data.max_train_samples": args.max_train_samples, "data.max_valid_samples": args.max_valid_samples,
               "data.max_test_samples": args.max_test_samples, "train.epochs": args.epochs,
               "train.batch_size": args.batch_size, "train.seed": seed, "train.device": args.device,
-              "train.patience": 1, "train.num_threads": args.threads}
+              "train.patience": 0, "train.num_threads": args.threads,
+              "train.eval_every": max(1, steps // max(1, args.eval_points))}
+    if args.raw_cap is not None:
+        values["data.raw_cap"] = args.raw_cap
     if args.quick:
         values.update({"model.id_dim": 16, "model.num_heads": 2, "model.head_dim": 8, "model.mlp_dims": [32]})
     values.update({f"model.{k}": v for k, v in variant.model_overrides.items()})
     return apply_overrides(TrainConfig(), values, source="quality benchmark")
 
 
-def _compressed(ds: Dataset, work: Path, variant: Variant, snapshot_ts: int, label: str, args: argparse.Namespace,
-                twin_checkpoint: Path | None) -> Path:
-    """The variant's compressed life cycles at ``snapshot_ts`` (``label``: "train" or "test")."""
-    folder = work / "compressed" / f"{variant.compress_key()}-{label}"
-    if variant.embeddings == "twin":
-        if twin_checkpoint is None or not twin_checkpoint.exists():
-            raise SystemExit(f"{variant.name} needs the seed-0 twin checkpoint; include 'twin' in --models")
-        source = EmbeddingSource("checkpoint", path=str(twin_checkpoint))
-    else:
-        source = EmbeddingSource()
-    console.print(f"compressing for {variant.name} ({label} snapshot): {variant.cluster or ClusterConfig()}",
-                  highlight=False)
-    compress_dataset(ds.path, folder, snapshot_ts, embeddings=source, config=variant.cluster, seed=0,
-                     workers=args.workers, progress=True)
-    return folder
+def _compressed(ds: Dataset, work: Path, variant: Variant, snapshots: list[int], args: argparse.Namespace
+                ) -> list[Path]:
+    """The variant's compressed life cycles, one version per cadence snapshot (resumable, reused)."""
+    root = work / "compressed" / variant.compress_key()
+    console.print(f"compressing for {variant.name} ({len(snapshots)} versions on a cadence): "
+                  f"{variant.cluster or ClusterConfig()}", highlight=False)
+    return compress_on_cadence(ds.path, root, snapshots, embeddings=EmbeddingSource(), config=variant.cluster,
+                               seed=0, workers=args.workers, progress=True)
 
 
 def _settings(args: argparse.Namespace, ds: Dataset) -> dict[str, Any]:
     return {"dataset": str(ds.path.resolve()), "num_events": ds.manifest.num_events, "long_len": args.long_len,
             "esu_size": args.esu_size, "max_train_samples": args.max_train_samples,
             "max_valid_samples": args.max_valid_samples, "max_test_samples": args.max_test_samples,
-            "epochs": args.epochs, "batch_size": args.batch_size, "quick": args.quick}
+            "epochs": args.epochs, "batch_size": args.batch_size, "quick": args.quick, "regime": args.scale,
+            "raw_cap": args.raw_cap, "full_len": args.full_len, "eval_points": args.eval_points}
 
 
 def _run_one(ds: Dataset, work: Path, variant: Variant, seed: int, args: argparse.Namespace,
-             compressed: tuple[Path, Path] | None, settings: dict[str, Any]) -> dict[str, Any]:
+             compressed: list[Path] | None, settings: dict[str, Any]) -> dict[str, Any]:
     """Train + test one (variant, seed); cached in ``work/runs/<name>/seed<k>/result.json``."""
     run_dir = work / "runs" / variant.name / f"seed{seed}"
     cache = run_dir / "result.json"
@@ -202,11 +237,11 @@ def _run_one(ds: Dataset, work: Path, variant: Variant, seed: int, args: argpars
     t0 = time.perf_counter()
     if args.jobs <= 1:
         console.print(f"[bold]{variant.name}[/] seed {seed}", highlight=False)
-    result = train_model(ds, run_dir / "model", cfg, compressed=compressed[0] if compressed else None,
+    result = train_model(ds, run_dir / "model", cfg, compressed=compressed,
                          overwrite=True, console=quiet, show_progress=args.jobs <= 1)
     report = evaluate_checkpoint(result.best_checkpoint, "test", dataset=ds,
-                                 compressed=compressed[1] if compressed else None, device=args.device,
-                                 num_threads=args.threads, show_progress=False)
+                                 compressed=compressed, device=args.device,
+                                 num_threads=args.threads, show_progress=False, diagnostics=True)
     record = {
         "name": variant.name, "model": variant.model, "seed": seed, "settings": settings, "config": identity,
         "auc": report["auc"], "gauc": report["gauc"], "logloss": report["logloss"],
@@ -217,7 +252,13 @@ def _run_one(ds: Dataset, work: Path, variant: Variant, seed: int, args: argpars
                    for g in ACTIVITY_GROUPS},
         "valid_gauc": result.best.get("gauc"), "train_samples": result.num_train_samples,
         "samples_per_second": result.samples_per_second, "train_seconds": result.train_seconds,
-        "wall_seconds": time.perf_counter() - t0,
+        "wall_seconds": time.perf_counter() - t0, "long_len": cfg.data.long_len,
+        "diagnostics": report["diagnostics"],
+        "validations": [{k: v for k, v in h.items() if k in ("step", "gauc", "gsu_category_recall",
+                                                              "gsu_category_hit_rate", "gsu_relevance_abs",
+                                                              "gsu_cross_bias_abs")} for h in result.history],
+        # One process per run (max_tasks_per_child=1), so the peak RSS is this run's.
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     console.print(f"{variant.name} seed {seed}: test GAUC {record['gauc']:.4f}  AUC {record['auc']:.4f}  "
                   f"logloss {record['logloss']:.4f}  ({record['samples_per_second']:.0f} samples/s, "
@@ -230,6 +271,33 @@ def _run_one(ds: Dataset, work: Path, variant: Variant, seed: int, args: argpars
     return record
 
 
+def _oracle(ds: Dataset, split: TemporalSplit, args: argparse.Namespace) -> dict[str, Any] | None:
+    """AUC/GAUC of the generator's true click probability on the same test rows as every run (synthetic
+    data only; None for a dataset without ``ground_truth/click_prob.npy``)."""
+    from twinv2.data.synth import load_click_prob
+    from twinv2.errors import DataValidationError
+
+    try:
+        prob = load_click_prob(ds.path)
+    except DataValidationError:
+        return None
+    # Same seeded subsample as evaluate_checkpoint(split="test", max_samples=..., seed=0).
+    samples = make_samples(ds, split, "test", max_samples=args.max_test_samples, seed=0)
+    report = metrics_report(ds, samples, prob[samples.event_row].astype(np.float64), split.window("test")[0])
+    return {"auc": report["auc"], "gauc": report["gauc"], "logloss": report["logloss"],
+            "gauc_users": report["gauc_users"], "gauc_impressions": report["gauc_impressions"],
+            "groups": {g: {"auc": report["groups"][g]["auc"], "gauc": report["groups"][g]["gauc"]}
+                       for g in ACTIVITY_GROUPS}}
+
+
+def _add_headroom_share(results: dict[str, dict[str, Any]], oracle: dict[str, Any] | None) -> None:
+    """Each variant's share of the oracle's headroom: (GAUC - 0.5) / (oracle GAUC - 0.5)."""
+    if oracle is None:
+        return
+    for r in results.values():
+        r["oracle_headroom_share"] = (r["gauc_mean"] - 0.5) / (oracle["gauc"] - 0.5)
+
+
 def aggregate(records: list[dict[str, Any]], variants: list[Variant]) -> dict[str, dict[str, Any]]:
     """Mean and sample std over seeds per variant (the JSON ``results`` block)."""
     results: dict[str, dict[str, Any]] = {}
@@ -240,15 +308,26 @@ def aggregate(records: list[dict[str, Any]], variants: list[Variant]) -> dict[st
         auc_m, auc_s = mean_std([r["auc"] for r in rs])
         gauc_m, gauc_s = mean_std([r["gauc"] for r in rs])
         ll_m, ll_s = mean_std([r["logloss"] for r in rs])
+        high_m, high_s = mean_std([r["groups"]["high"]["gauc"] for r in rs])
         results[v.name] = {
             "model": v.model, "description": v.description, "seeds": [r["seed"] for r in rs],
+            "long_len": rs[0].get("long_len"),
             "auc_mean": auc_m, "auc_std": auc_s, "gauc_mean": gauc_m, "gauc_std": gauc_s,
-            "logloss_mean": ll_m, "logloss_std": ll_s,
+            "logloss_mean": ll_m, "logloss_std": ll_s, "gauc_high_mean": high_m, "gauc_high_std": high_s,
             "groups": {g: dict(zip(("gauc_mean", "gauc_std"), mean_std([r["groups"][g]["gauc"] for r in rs]),
                                    strict=True)) for g in ACTIVITY_GROUPS},
             "samples_per_second_mean": mean_std([r["samples_per_second"] for r in rs])[0],
+            "train_seconds_mean": mean_std([r["train_seconds"] for r in rs])[0],
+            "peak_rss_mb_max": max(r.get("peak_rss_mb", float("nan")) for r in rs),
             "per_seed": [{k: r[k] for k in ("seed", "auc", "gauc", "logloss")} for r in rs],
         }
+        diags = [r.get("diagnostics") or {} for r in rs]
+        if diags and all(d.get("learned_gsu") for d in diags):
+            for key in ("category_recall", "category_hit_rate", "retrieval_lift", "relevance_abs",
+                        "cross_bias_abs", "log_size_abs", "virtual_share", "selected_age_days_median"):
+                m, sd = mean_std([d[key] for d in diags])
+                results[v.name][f"gsu_{key}"] = m
+                results[v.name][f"gsu_{key}_std"] = sd
     return results
 
 
@@ -267,37 +346,73 @@ def _comparison(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _fmt(value: float | None, spec: str = ".3f") -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+
+
 def write_outputs(out: Path, results: dict[str, Any], payload: dict[str, Any]) -> str:
-    """Markdown table + plots beside ``out``; returns the table."""
+    """Markdown tables + plots beside ``out``; returns the main table."""
     names = list(results)
-    rows = [[n, fmt_mean_std([s["auc"] for s in results[n]["per_seed"]]),
+    rows = [[n, results[n].get("long_len"), fmt_mean_std([s["auc"] for s in results[n]["per_seed"]]),
              fmt_mean_std([s["gauc"] for s in results[n]["per_seed"]]),
              fmt_mean_std([s["logloss"] for s in results[n]["per_seed"]])]
             + [f"{results[n]['groups'][g]['gauc_mean']:.4f} ± {results[n]['groups'][g]['gauc_std']:.4f}"
                for g in ACTIVITY_GROUPS]
-            + [f"{results[n]['samples_per_second_mean']:.0f}", len(results[n]["seeds"])] for n in names]
-    table = markdown_table(["model / ablation", "AUC", "GAUC", "log loss", "GAUC low", "GAUC mid", "GAUC high",
-                            "train samples/s", "seeds"], rows)
+            + [_fmt(results[n].get("gsu_category_recall")), _fmt(results[n].get("oracle_headroom_share")),
+               f"{results[n]['samples_per_second_mean']:.0f}", f"{results[n]['train_seconds_mean']:.0f}",
+               f"{results[n]['peak_rss_mb_max']:.0f}", len(results[n]["seeds"])] for n in names]
+    table = markdown_table(["model / variant", "L", "AUC", "GAUC", "log loss", "GAUC low", "GAUC mid", "GAUC high",
+                            "GSU recall", "oracle share", "train samples/s", "train s", "peak RSS MB", "seeds"],
+                           rows)
+    learned = [n for n in names if "gsu_category_recall" in results[n]]
+    diag_rows = [[n] + [_fmt(results[n].get(f"gsu_{k}"), f) for k, f in (
+        ("category_hit_rate", ".3f"), ("retrieval_lift", ".2f"), ("category_recall", ".3f"),
+        ("relevance_abs", ".2f"), ("cross_bias_abs", ".2f"), ("log_size_abs", ".2f"), ("virtual_share", ".3f"),
+        ("selected_age_days_median", ".1f"))] for n in learned]
+    diag_table = markdown_table(["model", "hit rate", "lift", "recall", "|relevance|", "|cross bias|", "ln n",
+                                 "virtual share", "median age (days)"], diag_rows) if learned else ""
     s = payload["settings"]
-    header = (f"# Quality benchmark\n\nDataset `{s['dataset']}`; L = {s['long_len']}, k = {s['esu_size']}, at most "
-              f"{s['max_train_samples']} train samples, {s['epochs']} epoch(s), batch {s['batch_size']}; test = "
+    header = (f"# Quality benchmark\n\nDataset `{s['dataset']}` (regime `{s.get('regime')}`); L = {s['long_len']} "
+              f"unless the L column says otherwise, k = {s['esu_size']}, at most {s['max_train_samples']} train "
+              f"samples, {s['epochs']} epoch(s), batch {s['batch_size']}; test = "
               f"{'the whole test window' if s['max_test_samples'] is None else s['max_test_samples']}. Mean ± "
               "sample std over seeds; GAUC by activity = history-length tertiles of test users (mean over seeds).\n\n")
+    oracle, headroom = payload.get("oracle"), payload.get("headroom")
+    extra = ""
+    if oracle is not None:
+        extra += (f"\n\nOracle (true click probability) on the same test rows: AUC {oracle['auc']:.4f}, "
+                  f"GAUC {oracle['gauc']:.4f}.")
+    if headroom is not None and headroom.get("shares"):
+        sh = headroom["shares"]
+        extra += ("\n\nLife-cycle headroom of the test window (positives' previous same-category behavior, L = "
+                  f"{headroom['long_len']}): within 50 {sh['within_50']:.1%}, within L {sh['within_L']:.1%}, beyond L "
+                  f"{sh['beyond_L']:.1%}, beyond 10 L {sh['beyond_10L']:.1%}, never {sh['never']:.1%}.")
     comp = payload.get("comparison", {})
-    note = ""
     if "twinv2_minus_twin_gauc" in comp:
-        note = (f"\n\ntwinv2 - twin GAUC = {comp['twinv2_minus_twin_gauc']:+.4f} (twice the larger seed std: "
-                f"{comp['twice_seed_std']:.4f}); best GAUC: {comp.get('best_gauc_model')}.\n")
-    write_text(out.with_suffix(".md"), header + table + note)
+        extra += (f"\n\ntwinv2 - twin GAUC = {comp['twinv2_minus_twin_gauc']:+.4f} (twice the larger seed std: "
+                  f"{comp['twice_seed_std']:.4f}); best GAUC: {comp.get('best_gauc_model')}.")
+    if diag_table:
+        extra += "\n\n## GSU diagnostics (test samples, mean over seeds)\n\n" + diag_table
+    write_text(out.with_suffix(".md"), header + table + extra + "\n")
     stem = out.with_suffix("")
     bar_plot(f"{stem}_gauc_by_model.png", names, [results[n]["gauc_mean"] for n in names],
              [results[n]["gauc_std"] for n in names], ylabel="test GAUC (mean ± std over seeds)",
-             title="GAUC by model and ablation", highlight="twinv2")
+             title="GAUC by model and variant", highlight="twinv2")
     models = [n for n in names if n in LONG_TERM_NAMES] or names
     grouped_bar_plot(f"{stem}_gauc_by_group.png", models, [f"{g} activity" for g in ACTIVITY_GROUPS],
                      [[results[n]["groups"][g]["gauc_mean"] for g in ACTIVITY_GROUPS] for n in models],
                      [[results[n]["groups"][g]["gauc_std"] for g in ACTIVITY_GROUPS] for n in models],
                      ylabel="test GAUC", title="GAUC by user-activity tertile (mean ± std over seeds)")
+    series = {}
+    for model in ("twin", "twinv2"):
+        points = sorted((results[n]["long_len"], results[n]["gauc_mean"]) for n in names
+                        if results[n]["model"] == model and (n == model or n.startswith(f"{model}_L")
+                                                             or n == f"{model}_full"))
+        if len(points) > 1:
+            series[model] = ([p[0] for p in points], [p[1] for p in points])
+    if series:
+        line_plot(f"{stem}_gauc_vs_L.png", series, xlabel="GSU input length L (log scale)", ylabel="test GAUC",
+                  title="GAUC vs L (mean over seeds)", xlog=True)
     return table
 
 
@@ -305,7 +420,7 @@ _WORKER_DATASETS: dict[str, Dataset] = {}
 
 
 def _worker(path: str, variant: Variant, seed: int, args: argparse.Namespace,
-            compressed: tuple[Path, Path] | None, settings: dict[str, Any], work: Path) -> dict[str, Any]:
+            compressed: list[Path] | None, settings: dict[str, Any], work: Path) -> dict[str, Any]:
     """One run in a worker process (the dataset is loaded once per process)."""
     if path not in _WORKER_DATASETS:
         _WORKER_DATASETS[path] = load_dataset(path)
@@ -322,55 +437,65 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     ablations = [] if args.ablations == "none" else [a.strip() for a in args.ablations.split(",") if a.strip()]
-    unknown = [m for m in models if m not in LONG_TERM_NAMES] + [a for a in ablations if a not in ABLATION_NAMES]
+    sweep = {"none": [], "all": SWEEP_NAMES}.get(args.sweep, [a.strip() for a in args.sweep.split(",") if a.strip()])
+    unknown = ([m for m in models if m not in LONG_TERM_NAMES] + [a for a in ablations if a not in ABLATION_NAMES]
+               + [a for a in sweep if a not in SWEEP_NAMES])
     if unknown:
-        raise SystemExit(f"unknown model or ablation: {unknown}")
-    variants = [v for v in MODEL_VARIANTS if v.name in models] + [a for a in ABLATIONS if a.name in ablations]
+        raise SystemExit(f"unknown model, ablation or sweep variant: {unknown}")
+    variants = ([v for v in MODEL_VARIANTS if v.name in models] + [a for a in ABLATIONS if a.name in ablations]
+                + [v for v in SWEEP if v.name in sweep])
     ds = _dataset(args, work)
     split = TemporalSplit.from_fractions(ds.histories.ts)
+    h = ds.histories
+    users = np.arange(h.num_users, dtype=np.int64)
+    # "Whole history": the longest history any test sample can have (behaviors before the test end).
+    args.full_len = int((h.end_before(users, np.full(h.num_users, split.window("test")[1], np.int64))
+                         - h.offsets[:-1]).max())
     settings = _settings(args, ds)
-    twin_ckpt = work / "runs" / "twin" / "seed0" / "model" / "best.pt"
-    compressed: dict[str, tuple[Path, Path]] = {}
+    oracle, headroom = _oracle(ds, split, args), life_cycle_headroom(ds, *split.window("test"),
+                                                                      long_len=args.long_len)
+    compressed: dict[str, list[Path]] = {}
+    # The offline job on a cadence: versions every (1 - snapshot) / cadence of the events from the split
+    # snapshot on (default 8: every 2.5%; the 4th is the test start). Each sample, train, valid or test,
+    # reads the latest version built before it, as serving would.
+    snapshots = cadence_snapshots(ds.histories.ts, TrainConfig().split.snapshot, 1.0, args.cadence)
     records: list[dict[str, Any]] = []
 
-    def clusters(v: Variant) -> tuple[Path, Path] | None:
+    def clusters(v: Variant) -> list[Path] | None:
         if v.model != "twinv2":
             return None
         key = v.compress_key()
         if key not in compressed:
-            compressed[key] = (_compressed(ds, work, v, split.snapshot_ts, "train", args, twin_ckpt),
-                               _compressed(ds, work, v, split.test_start_ts, "test", args, twin_ckpt))
+            compressed[key] = _compressed(ds, work, v, snapshots, args)
         return compressed[key]
 
     def record(rec: dict[str, Any]) -> None:
         records.append(rec)
         results = aggregate(records, variants)
+        _add_headroom_share(results, oracle)
         write_json_atomic(args.out, {"settings": settings, "split": split.to_dict(), "results": results,
+                                     "oracle": oracle, "headroom": headroom,
                                      "comparison": _comparison(results), "runs": records, "compression_seed": 0,
                                      "seconds": time.perf_counter() - t_start, "complete": False})
 
-    # Phase 1: every run whose clusters do not depend on another run; phase 2: clusters of the seed-0
-    # twin run's embeddings. Runs are independent (one torch thread each), so they run --jobs at a time.
-    phases = [[(v, s) for s in range(args.seeds) for v in variants if v.embeddings != "twin"],
-              [(v, s) for s in range(args.seeds) for v in variants if v.embeddings == "twin"]]
-    for phase in phases:
-        if not phase:
-            continue
-        comps = {v.name: clusters(v) for v, _ in phase}
-        if args.jobs <= 1:
-            for v, seed in phase:
-                record(_run_one(ds, work, v, seed, args, comps[v.name], settings))
-            continue
-        with cf.ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
+    # Runs are independent (one torch thread each, one process each), so they run --jobs at a time.
+    runs = [(v, s) for s in range(args.seeds) for v in variants]
+    comps = {v.name: clusters(v) for v, _ in runs}
+    if args.jobs <= 1:
+        for v, seed in runs:
+            record(_run_one(ds, work, v, seed, args, comps[v.name], settings))
+    else:
+        with cf.ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn"), max_tasks_per_child=1) as pool:
             futures = [pool.submit(_worker, str(ds.path), v, seed, args, comps[v.name], settings, work)
-                       for v, seed in phase]
+                       for v, seed in runs]
             for fut in cf.as_completed(futures):
                 record(fut.result())
-    order = {(v.name, s): i for i, (v, s) in enumerate(p for ph in phases for p in ph)}
+    order = {(v.name, s): i for i, (v, s) in enumerate(runs)}
     records.sort(key=lambda r: order[(r["name"], r["seed"])])
     results = aggregate(records, variants)
-    payload = {"settings": settings, "split": split.to_dict(), "results": results,
-               "comparison": _comparison(results), "runs": records, "compression_seed": 0,
+    _add_headroom_share(results, oracle)
+    payload = {"settings": settings, "split": split.to_dict(), "results": results, "oracle": oracle,
+               "headroom": headroom, "comparison": _comparison(results), "runs": records, "compression_seed": 0,
                "seconds": time.perf_counter() - t_start, "complete": True}
     write_json_atomic(args.out, payload)
     table = write_outputs(args.out, payload["results"], payload)

@@ -39,8 +39,15 @@ def test_demo_quick_writes_report_plots_and_summary(demo_run):
     # Equal budgets: both models saw the same number of samples with the same L and k.
     m = summary["models"]
     assert m["twinv2"]["train_samples"] == m["twin"]["train_samples"]
-    assert summary["compression"]["snapshot_ts"] == summary["split"]["snapshot_ts"]
-    assert summary["compression"]["num_clusters"] < summary["compression"]["num_behaviors"]
+    # The offline job on a cadence: the first version at the split snapshot, one serving the test window.
+    versions = summary["compression"]["versions"]
+    assert versions[0]["snapshot_ts"] == summary["split"]["snapshot_ts"]
+    assert any(v["snapshot_ts"] == summary["split"]["test_start_ts"] for v in versions)
+    assert all(v["num_clusters"] < v["num_behaviors"] for v in versions)
+    # The report carries the headroom statistic and the GSU diagnostics beside the scores.
+    assert "Life-cycle headroom of the test window" in report and "GSU diagnostics" in report
+    assert summary["models"]["twin"]["test"]["diagnostics"]["learned_gsu"]
+    assert 0.0 <= summary["models"]["twinv2"]["test"]["diagnostics"]["category_recall"] <= 1.0
 
 
 def test_demo_reuses_the_dataset_of_the_same_scale_and_seed(demo_run):

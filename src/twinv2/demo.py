@@ -1,24 +1,25 @@
-"""``twinv2 demo``: the whole pipeline on the default synthetic life cycles, in minutes, with a report.
+"""``twinv2 demo``: the whole pipeline on synthetic life cycles, in minutes, with a report.
 
 Stages (each one a library call, each timed and shown with a progress bar):
 
-1. **data**: synthesise the dataset (``twinv2.data.synth``) into ``OUT/data``; reused when a dataset of
-   the same scale, seed and generator config is already there;
+1. **data**: synthesise the dataset (``twinv2.data.synth``, the ``lifecycle`` regime by default: heavy users
+   whose interests go dormant and come back) into ``OUT/data``; reused when a dataset of the same scale,
+   seed and generator config is already there;
 2. **split**: :meth:`TemporalSplit.from_fractions` at 80% / 90% / 95% of the events;
-3. **embeddings + compression**: ``twinv2.compress.compress_dataset`` with its training-free default
-   embeddings (positive PMI of item co-occurrence before the snapshot, factorised by SVD) and the default
-   clustering (M = 5 completion groups, gamma = 20), snapshot = the split snapshot, into
-   ``OUT/compressed`` (training and validation); and once more at the test start into
-   ``OUT/compressed_test`` for the test window (the offline job on a regular cadence; without this
-   refresh test samples would see clusters two windows old behind a long raw tail). Why co-occurrence
-   rather than the item table of a short ``twin`` run: it costs seconds instead of a training run, needs
-   no labels, and uses only pre-snapshot behaviors; ``benchmarks/quality.py`` measures the alternative
-   (ablation ``twinv2_emb_twin``);
+3. **embeddings + compression on a cadence**: ``twinv2.compress.cadence.compress_on_cadence`` with the
+   job's training-free default embeddings (positive PMI of item co-occurrence before each snapshot,
+   factorised by SVD) and the default clustering (M = 5 completion groups, gamma = 20), at
+   ``budget.cadence`` snapshots from the split snapshot on, into ``OUT/compressed/snapshot-<ts>``: the
+   offline job run on a schedule. Every sample, in training, validation and test, reads the latest version
+   built before it, as serving would, so training sees the raw/virtual mix the test sees. Why co-occurrence
+   rather than the item table of a short ``twin`` run: it costs seconds instead of a training run, needs no
+   labels, and uses only pre-snapshot behaviors;
 4. **train**: every requested model with the same budgets (GSU length L, ESU size k, samples, epochs);
-5. **evaluate** on the test window: AUC, GAUC, log loss, overall and per activity tertile;
+5. **evaluate** on the test window: AUC, GAUC, log loss, overall and per activity tertile, plus the GSU
+   diagnostics of the two-stage models and the data's life-cycle headroom;
 6. **report**: ``OUT/report.md`` with PNG plots in ``OUT/plots/`` and every number in ``OUT/summary.json``.
 
-The default budgets (:data:`DEFAULT_BUDGET`) are sized for 7-10 minutes on 2 CPU cores; ``--quick``
+The default budget (:data:`DEFAULT_BUDGET`) is sized for well under 15 minutes on 2 CPU cores; ``--quick``
 (:data:`QUICK_BUDGET`) runs the same stages on the ``small`` scale in well under a minute.
 """
 
@@ -72,6 +73,7 @@ class DemoBudget:
     max_valid_samples: int | None
     max_test_samples: int | None
     compress_workers: int = 2
+    cadence: int = 4  # compressed versions from the split snapshot on (4: every 5% of the events)
     model_overrides: dict[str, Any] = field(default_factory=dict)
 
     def train_config(self, model: str, seed: int, device: str) -> TrainConfig:
@@ -86,13 +88,12 @@ class DemoBudget:
         return apply_overrides(TrainConfig(), values, source="demo budget")
 
 
-# Sized on the 2-core development machine: one torch thread trains twin / twinv2 at L = 1000 at ~1,800
-# samples/s, so the whole train window (~235,000 events) takes ~130 s per model and the whole test window
-# (~117,000 events) ~60 s; with data (~15 s), two compressions (~35 s) and validation the demo takes about
-# 7-8 minutes on an idle machine. Training on all of the window matters: twin's validation GAUC rises
-# from 0.650 with 60,000 samples to 0.685 with all of them (L = 500).
-DEFAULT_BUDGET = DemoBudget(scale="default", long_len=1000, esu_size=100, batch_size=256, epochs=1,
-                            max_train_samples=None, max_valid_samples=20_000, max_test_samples=None)
+# The life-cycle regime (docs/synthetic.md): the data where reading beyond the recent behaviors can pay
+# (about a fifth of the test positives have their previous same-category behavior more than 500 behaviors
+# back). Sized for well under 15 minutes on 2 CPU cores with the set-up: one torch thread trains twin /
+# twinv2 at L = 500 at ~2,500 samples/s, so 150,000 samples take about a minute per model.
+DEFAULT_BUDGET = DemoBudget(scale="lifecycle", long_len=500, esu_size=100, batch_size=256, epochs=1,
+                            max_train_samples=150_000, max_valid_samples=20_000, max_test_samples=100_000)
 QUICK_BUDGET = DemoBudget(scale="small", long_len=100, esu_size=20, batch_size=128, epochs=1,
                           max_train_samples=3_000, max_valid_samples=1_000, max_test_samples=3_000,
                           compress_workers=1,
@@ -129,11 +130,13 @@ def _synth_matches(path: Path, scale: str, seed: int) -> bool:
             and notes.get("seed") == seed and notes.get("config") == expected)
 
 
-def _coverage(ds: Dataset, comp: Any | None, samples: Any, long_len: int) -> dict[str, float]:
+def _coverage(ds: Dataset, comp: Any | None, samples: Any, long_len: int,
+              raw_cap: int | None = None) -> dict[str, float]:
     """How much of each test sample's history the long sequence represents, for raw-L models and twinv2.
 
-    raw: ``min(n, L) / n``; twinv2: (raw behaviors after the snapshot that fit + members of the most
-    recent clusters that fit) / n, where n = behaviors before the sample. Means over samples with n > 0.
+    raw: ``min(n, L) / n``; twinv2 (clusters of ``comp``, the version serving the test window): (raw
+    behaviors after the snapshot that fit, at most ``raw_cap`` + members of the most recent clusters that
+    fit) / n, where n = behaviors before the sample. Means over samples with n > 0.
     """
     h = ds.histories
     users = samples.user_id
@@ -152,7 +155,7 @@ def _coverage(ds: Dataset, comp: Any | None, samples: Any, long_len: int) -> dic
     if comp is None:
         return stats
     snap_end = h.end_before(users, np.full(len(users), comp.snapshot_ts))
-    num_raw = np.minimum(end - np.maximum(lo, snap_end), long_len)
+    num_raw = np.minimum(end - np.maximum(lo, snap_end), long_len if raw_cap is None else min(raw_cap, long_len))
     c_lo, c_hi = comp.offsets[users], comp.offsets[users + 1]
     fit = np.minimum(c_hi - c_lo, long_len - num_raw)
     csum = np.concatenate([[0], np.cumsum(comp.cluster_size)])
@@ -180,7 +183,9 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, models: list[str] | tuple[
         quick: the small budget (:data:`QUICK_BUDGET`).
         budget: explicit budget (overrides ``quick``).
     """
-    from twinv2.compress import compress_dataset, load_compressed
+    from twinv2.compress import load_compressed
+    from twinv2.compress.cadence import cadence_snapshots, compress_on_cadence
+    from twinv2.data.headroom import life_cycle_headroom
     from twinv2.data.synth import synthesize
     from twinv2.models import LONG_TERM_MODULES, LONG_TERM_NAMES
     from twinv2.train._runtime import available_cores, resolve_device
@@ -224,34 +229,32 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, models: list[str] | tuple[
     timings["split"] = time.perf_counter() - t
 
     # 3. embeddings + compression ----------------------------------------------------------------------------
-    t = _stage(console, 3, total, "item embeddings (co-occurrence) + life-cycle compression")
-    comp_dir, test_comp_dir = out / "compressed", out / "compressed_test"
+    t = _stage(console, 3, total, "item embeddings (co-occurrence) + life-cycle compression on a cadence")
+    comp_root = out / "compressed"
+    snapshots = cadence_snapshots(ds.histories.ts, base_cfg.split.snapshot, 1.0, budget.cadence)
 
-    def compress(folder: Path, snapshot_ts: int) -> Any:
-        try:
-            return compress_dataset(data_dir, folder, snapshot_ts, workers=workers, seed=seed, progress=True)
-        except CompressionError:
-            # A previous demo run with other parameters (scale, seed): start that folder over.
-            return compress_dataset(data_dir, folder, snapshot_ts, workers=workers, seed=seed, progress=True,
-                                    overwrite=True)
+    def compress(overwrite: bool) -> list[Path]:
+        return compress_on_cadence(data_dir, comp_root, snapshots, workers=workers, seed=seed, progress=True,
+                                   overwrite=overwrite)
 
     needs_clusters = any(LONG_TERM_MODULES[m].long_source == "compressed" for m in models)
-    summary = test_summary = comp = test_comp = None
+    versions: list[Path] = []
+    serving = None  # the version that serves the test window
     if not needs_clusters:
         console.print("no model of this run reads compressed life cycles: nothing to compress")
     else:
-        summary = compress(comp_dir, split.snapshot_ts)
-        comp = load_compressed(comp_dir)
-        console.print(f"snapshot {_iso(split.snapshot_ts)} (training): {comp.manifest['num_behaviors']:,} "
-                      f"behaviors -> {comp.manifest['num_clusters']:,} virtual items "
-                      f"({comp.manifest['num_clusters'] / max(comp.manifest['num_behaviors'], 1):.1%})",
-                      highlight=False)
-        # The offline job rerun at the start of the test period: test samples see clusters of every behavior
-        # before the test window (never after a sample), like a production job on a regular cadence.
-        test_summary = compress(test_comp_dir, split.test_start_ts)
-        test_comp = load_compressed(test_comp_dir)
-        console.print(f"snapshot {_iso(split.test_start_ts)} (test): {test_comp.manifest['num_behaviors']:,} "
-                      f"behaviors -> {test_comp.manifest['num_clusters']:,} virtual items", highlight=False)
+        try:
+            versions = compress(overwrite=False)
+        except CompressionError:
+            # A previous demo run with other parameters (scale, seed): start those folders over.
+            versions = compress(overwrite=True)
+        for folder in versions:
+            c = load_compressed(folder)
+            console.print(f"snapshot {_iso(c.snapshot_ts)}: {c.manifest['num_behaviors']:,} behaviors -> "
+                          f"{c.manifest['num_clusters']:,} virtual items "
+                          f"({c.manifest['num_clusters'] / max(c.manifest['num_behaviors'], 1):.1%})", highlight=False)
+            if c.snapshot_ts <= split.test_start_ts:
+                serving = c
     timings["compression"] = time.perf_counter() - t
 
     # 4. train ----------------------------------------------------------------------------------------------
@@ -262,7 +265,7 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, models: list[str] | tuple[
         t_model = time.perf_counter()
         cfg = budget.train_config(name, seed, device)
         reads_clusters = LONG_TERM_MODULES[name].long_source == "compressed"
-        runs[name] = train_model(ds, out / "models" / name, cfg, compressed=comp_dir if reads_clusters else None,
+        runs[name] = train_model(ds, out / "models" / name, cfg, compressed=versions if reads_clusters else None,
                                  overwrite=True, console=console)
         train_times[name] = time.perf_counter() - t_model
     timings["train"] = time.perf_counter() - t
@@ -270,11 +273,12 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, models: list[str] | tuple[
     # 5. evaluate -------------------------------------------------------------------------------------------
     t = _stage(console, 5, total, "evaluate on the test window")
     reports = {name: evaluate_checkpoint(
-        runs[name].best_checkpoint, "test", dataset=ds, device=device, console=console,
-        compressed=test_comp_dir if LONG_TERM_MODULES[name].long_source == "compressed" else None)
+        runs[name].best_checkpoint, "test", dataset=ds, device=device, console=console, diagnostics=True,
+        compressed=versions if LONG_TERM_MODULES[name].long_source == "compressed" else None)
         for name in models}
     test_samples = make_samples(ds, split, "test", max_samples=budget.max_test_samples, seed=0)
-    coverage = _coverage(ds, test_comp, test_samples, budget.long_len)
+    coverage = _coverage(ds, serving, test_samples, budget.long_len, base_cfg.data.raw_cap)
+    headroom = life_cycle_headroom(ds, *split.window("test"), long_len=budget.long_len)
     timings["evaluate"] = time.perf_counter() - t
 
     # 6. report ---------------------------------------------------------------------------------------------
@@ -286,14 +290,16 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, models: list[str] | tuple[
                     "num_events": ds.manifest.num_events, "label_rate": ds.manifest.notes.get("label_rate"),
                     "max_user_events": ds.manifest.notes.get("max_user_events")},
         "split": {**split.to_dict(), "window_events": window_events},
-        "compression": None if comp is None else {
-            "path": str(comp_dir), "snapshot_ts": comp.snapshot_ts, "num_behaviors": comp.manifest["num_behaviors"],
-            "num_clusters": comp.manifest["num_clusters"], "embeddings": comp.manifest.get("embeddings"),
-            "cluster_config": comp.manifest.get("cluster_config"), "seconds": summary.seconds},
-        "test_compression": None if test_comp is None else {
-            "path": str(test_comp_dir), "snapshot_ts": test_comp.snapshot_ts,
-            "num_behaviors": test_comp.manifest["num_behaviors"],
-            "num_clusters": test_comp.manifest["num_clusters"], "seconds": test_summary.seconds},
+        "split_fractions": dataclasses.asdict(base_cfg.split),
+        "compression": None if not versions else {
+            "root": str(comp_root), "versions": [
+                {"path": str(f), "snapshot_ts": (c := load_compressed(f)).snapshot_ts,
+                 "num_behaviors": c.manifest["num_behaviors"], "num_clusters": c.manifest["num_clusters"]}
+                for f in versions],
+            "embeddings": serving.manifest.get("embeddings") if serving else None,
+            "cluster_config": serving.manifest.get("cluster_config") if serving else None,
+            "raw_cap": base_cfg.data.raw_cap},
+        "headroom": headroom,
         "coverage": coverage,
         "models": {name: {"test": reports[name], "validation": runs[name].best,
                           "train_samples": runs[name].num_train_samples, "steps": runs[name].steps,
@@ -337,31 +343,71 @@ def _fmt(x: Any, digits: int = 4) -> str:
 
 def _summary_table(results: dict[str, Any], models: list[str]) -> Table:
     table = Table(title="twinv2 demo: test window")
-    for col in ("model", "AUC", "GAUC", "log loss", "GAUC high-activity", "train samples/s"):
+    for col in ("model", "AUC", "GAUC", "log loss", "GAUC high-activity", "GSU category recall", "train samples/s"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for m in models:
         r = results["models"][m]
         t = r["test"]
+        diag = t.get("diagnostics", {})
         table.add_row(m, _fmt(t["auc"]), _fmt(t["gauc"]), _fmt(t["logloss"]), _fmt(t["groups"]["high"]["gauc"]),
+                      _fmt(diag.get("category_recall"), 3) if diag.get("learned_gsu") else "n/a",
                       f"{r['samples_per_second']:.0f}")
+    h = results.get("headroom", {})
+    if h.get("shares"):
+        table.caption = (f"life-cycle headroom: {h['shares']['beyond_L']:.1%} of test clicks have their previous "
+                         f"same-category behavior beyond L = {h['long_len']}")
     return table
 
 
 def _compression_lines(results: dict[str, Any]) -> list[str]:
     """Items 3 and 4 of the report's "What was run" list (absent when no model reads clusters)."""
-    c, tc, s = results["compression"], results["test_compression"], results["split"]
+    c = results["compression"]
     if c is None:
         return ["3. **Embeddings and compression**: skipped (no model of this run reads compressed life cycles)."]
+    versions = "; ".join(f"{_iso(v['snapshot_ts'])}: {v['num_behaviors']:,} -> {v['num_clusters']:,}"
+                         for v in c["versions"])
+    cap = "no cap" if c["raw_cap"] is None else f"at most {c['raw_cap']}"
     return [
         f"3. **Item embeddings**: {c['embeddings']} — training-free co-occurrence embeddings from pre-snapshot "
         "behaviors (seconds, no labels).",
-        f"4. **Compression**: clustering config {c['cluster_config']}; {c['num_behaviors']:,} pre-snapshot "
-        f"behaviors -> {c['num_clusters']:,} virtual items ({c['num_clusters'] / max(c['num_behaviors'], 1):.1%}) "
-        f"in {c['seconds']:.1f} s. These clusters serve training and validation. For the test window the same "
-        f"job is rerun at the test start ({_iso(s['test_start_ts'])}): {tc['num_behaviors']:,} behaviors -> "
-        f"{tc['num_clusters']:,} virtual items, as a production job on a regular cadence would (every behavior "
-        "in a cluster precedes every test sample).",
+        f"4. **Compression on a cadence**: clustering config {c['cluster_config']}; the offline job runs "
+        f"{len(c['versions'])} times, every {1 - results['split_fractions']['snapshot']:.0%} / "
+        f"{len(c['versions'])} of the events from the split snapshot on (behaviors -> virtual items: {versions}). "
+        "Every sample, in training, validation and test, reads the latest version built before it, as serving "
+        f"would: the raw behaviors since that version's snapshot ({cap}), then its virtual items.",
     ]
+
+
+def _diagnostics_lines(results: dict[str, Any], models: list[str]) -> list[str]:
+    """The headroom statistic and the GSU diagnostics, beside the scores."""
+    h = results["headroom"]
+    lines = ["## Where the life cycle can pay", ""]
+    if h.get("shares"):
+        sh = h["shares"]
+        lines += [
+            f"Life-cycle headroom of the test window (`twinv2 data describe --headroom-len {h['long_len']}`): of "
+            f"{h['positives']:,} clicks, the user's previous behavior of the clicked item's category lies within "
+            f"the last 50 behaviors for {sh['within_50']:.1%}, within L = {h['long_len']} for {sh['within_L']:.1%}, "
+            f"beyond L for {sh['beyond_L']:.1%} (beyond 10 L: {sh['beyond_10L']:.1%}); {sh['never']:.1%} have "
+            "none. Only the beyond-L share is out of reach of a model reading the L most recent behaviors.", ""]
+    learned = [m for m in models if results["models"][m]["test"].get("diagnostics", {}).get("learned_gsu")]
+    if learned:
+        rows = []
+        for m in learned:
+            d = results["models"][m]["test"]["diagnostics"]
+            rows.append([m, _fmt(d["category_hit_rate"], 3), _fmt(d["category_share_in_long"], 3),
+                         _fmt(d["category_recall"], 3), _fmt(d["relevance_abs"], 2), _fmt(d["cross_bias_abs"], 2),
+                         _fmt(d["log_size_abs"], 2), _fmt(d["virtual_share"], 3),
+                         _fmt(d["selected_age_days_median"], 1)])
+        lines += [
+            "GSU diagnostics on the test samples (`twinv2 evaluate --diagnostics`): the share of the k kept "
+            "behaviors that have the target's category (hit rate) beside that share over all L, the share of the "
+            "target-category behaviors within L that the GSU keeps (recall, up to k; a category filter keeps all), "
+            "the mean size of the score's terms over the kept, the share of virtual items kept and their median age.",
+            "",
+            markdown_table(["model", "hit rate", "share in L", "recall", "|relevance|", "|cross bias|", "ln n",
+                            "virtual share", "median age (days)"], rows), ""]
+    return lines
 
 
 def _report_markdown(results: dict[str, Any], plots: dict[str, Path], out: Path) -> str:
@@ -399,6 +445,7 @@ def _report_markdown(results: dict[str, Any], plots: dict[str, Path], out: Path)
             "seed noise; `benchmarks/quality.py` reports mean ± std over seeds (see benchmarks/RESULTS.md).",
             "",
         ]
+    lines += _diagnostics_lines(results, models)
     lines += [
         f"![GAUC by model]({rel['gauc_by_model']})",
         "",
@@ -439,7 +486,7 @@ def _report_markdown(results: dict[str, Any], plots: dict[str, Path], out: Path)
         f"{cov['samples_with_history_over_L']:.1%} of samples have n > L. The L most recent raw behaviors "
         f"cover {cov['raw_history_coverage']:.1%} of a sample's history on average"
         + ("." if "twinv2_history_coverage" not in cov else
-           f"; twinv2's L items (raw behaviors since the test-start snapshot, then virtual items) represent "
+           f"; twinv2's L items (raw behaviors since the serving version's snapshot, then virtual items) represent "
            f"{cov['twinv2_history_coverage']:.1%}."),
         "",
         f"![training loss]({rel['loss_curves']})",
@@ -452,8 +499,8 @@ def _report_markdown(results: dict[str, Any], plots: dict[str, Path], out: Path)
         "",
         "```",
         f"twinv2 demo --out {out} --seed {results['seed']} --models {','.join(models)}",
-        *([f"twinv2 evaluate --checkpoint {out}/models/twinv2/best.pt --split test --compressed "
-           f"{out}/compressed_test"] if "twinv2" in models else []),
+        *([f"twinv2 evaluate --checkpoint {out}/models/twinv2/best.pt --split test --diagnostics"]
+          if "twinv2" in models else []),
         "```",
         "",
         "All numbers are in `summary.json`; each model's run folder (`models/NAME/`) holds its checkpoints, "

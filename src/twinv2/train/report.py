@@ -141,13 +141,15 @@ def grouped_bar_plot(path: str | os.PathLike, labels: Sequence[str], groups: Seq
 
 
 def line_plot(path: str | os.PathLike, series: dict[str, tuple[Sequence[float], Sequence[float]]], *,
-              xlabel: str, ylabel: str, title: str) -> Path:
-    """One line per named ``(x, y)`` series."""
+              xlabel: str, ylabel: str, title: str, xlog: bool = False) -> Path:
+    """One line per named ``(x, y)`` series (markers at the points; ``xlog`` for a log-scale x axis)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.0, 3.8), dpi=110)
     for name, (x, y) in series.items():
         if len(x):
-            ax.plot(x, y, label=name, linewidth=1.4)
+            ax.plot(x, y, label=name, linewidth=1.4, marker="o" if len(x) < 20 else None, markersize=4)
+    if xlog:
+        ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
