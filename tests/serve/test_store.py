@@ -125,3 +125,19 @@ def test_store_fold_keeps_every_behavior_counted(serve_data, tmp_path_factory, b
     assert folder.count(state) <= cap  # folded down below the cap
     assert bool(np.all(np.diff(state.clusters["last_ts"]) >= 0))  # most recent last, like the job writes
     store.close()
+
+
+def test_load_version_of_a_folder_of_snapshots_takes_the_latest(serve_data, store_url, tmp_path):
+    """The demo writes compressed/snapshot-<ts>/ folders (the offline job on a cadence)."""
+    import shutil
+
+    from twinv2.serve.loader import latest_compressed
+
+    root = tmp_path / "compressed"
+    shutil.copytree(serve_data["compressed"], root / "snapshot-6000")
+    (root / "unfinished").mkdir()
+    assert latest_compressed(root) == root / "snapshot-6000"
+    assert latest_compressed(serve_data["compressed"]) == serve_data["compressed"]
+    store = open_store(store_url, CROSS, 10)
+    assert load_version(store, root).version == compression_version(serve_data["compressed"])
+    store.close()

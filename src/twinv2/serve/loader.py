@@ -18,15 +18,36 @@ import numpy as np
 
 from twinv2.compress.store import MANIFEST_FILE, load_compressed, read_compressed_manifest
 from twinv2.data.store import Dataset, load_dataset
-from twinv2.errors import ConfigError
+from twinv2.errors import ConfigError, DataValidationError
 from twinv2.serve.state import RawEvents
 from twinv2.serve.store import LifeCycleStore, VersionInfo
 
-__all__ = ["RAW_VERSION", "bootstrap_raw", "compression_version", "load_version"]
+__all__ = ["RAW_VERSION", "bootstrap_raw", "compression_version", "latest_compressed", "load_version"]
 
 RAW_VERSION = "raw"  # the version of a store serving a raw-sequence model without compressed clusters
 _NO_SNAPSHOT = -(2**62)
 _USERS_PER_WRITE = 512
+
+
+def latest_compressed(path: str | os.PathLike) -> Path:
+    """``path`` itself when it is a finished compression folder; else, when it holds several (the offline
+    job on a cadence, e.g. ``runs/demo/compressed/snapshot-*``), the finished one with the latest snapshot.
+
+    Raises:
+        DataValidationError: neither ``path`` nor any folder directly inside it is a finished compression.
+    """
+    path = Path(path)
+    if (path / MANIFEST_FILE).exists() or not path.is_dir():
+        return path
+    found = []
+    for sub in sorted(p for p in path.iterdir() if p.is_dir() and (p / MANIFEST_FILE).exists()):
+        try:
+            found.append((int(read_compressed_manifest(sub)["snapshot_ts"]), sub))
+        except DataValidationError:
+            continue
+    if not found:
+        read_compressed_manifest(path)  # raises, naming the missing manifest
+    return max(found)[1]
 
 
 def compression_version(path: str | os.PathLike) -> str:
@@ -78,12 +99,14 @@ def load_version(store: LifeCycleStore, compressed: str | os.PathLike, *, datase
 
     Args:
         store: the target store (its ``context`` says how many events before the snapshot to copy).
-        compressed: a finished ``twinv2 compress`` folder.
+        compressed: a finished ``twinv2 compress`` folder, or a folder of them (the latest snapshot is
+            loaded: :func:`latest_compressed`).
         dataset: the dataset of the first load's raw behaviors (default: the one the job read).
         bootstrap: copy raw behaviors from the dataset (default: only when the store holds none).
     Returns:
         the active :class:`VersionInfo`.
     """
+    compressed = latest_compressed(compressed)
     version = compression_version(compressed)
     active = store.active_version()
     if active is not None and active.version == version:
