@@ -8,10 +8,13 @@ scalar per head). A request then costs:
 - GSU: the user's L cached key projections are gathered once, each augmented with one more column holding
   the behavior's cross bias plus ``ln n``; the candidates' query projections get a matching column of ones.
   alpha for every candidate and head is then ONE batched product ``(B x (d_k + 1)) @ ((d_k + 1) x L)`` per
-  head (the bias rides along for free), followed by the shared :func:`~twinv2.models.attention.topk_merge`.
-  Candidates are processed in chunks so each chunk's ``[H, chunk, L]`` scores stay in cache.
-- ESU, short-term module and MLP: the model's own modules on ``[B, k]`` and ``[B, S]`` inputs, exactly as
-  :meth:`twinv2.models.CTRModel.forward` calls them.
+  head (the bias rides along for free), then each head's top k and the shared
+  :func:`~twinv2.models.attention.topk_merge` over their union (:func:`_gsu_merge`). Candidates go in
+  chunks of 32 so each chunk's ``[H, chunk, L]`` scores stay in cache.
+- ESU, short-term module and MLP: the model's own modules (``RelevanceScore``, ``MultiHeadTargetAttention``,
+  the short-term ``TargetAttention``'s score and attention, the MLP head) on ``[B, k]`` and ``[B, S]``
+  inputs, as :meth:`twinv2.models.CTRModel.forward` calls them; the behaviors' features ``[K_h, K_c]`` and
+  cross bias are looked up once per request and gathered per candidate.
 
 So a score equals the training forward on the same inputs (the test checks 1e-5). Models without TWIN's
 GSU (SIM, ETA, SDIM, DIN, average pooling) are scored by the model's forward on the request as a batch
@@ -23,10 +26,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 
-import numpy as np
 import torch
 
 from twinv2.data.batches import Batch, SequenceBatch
+from twinv2.errors import ConfigError
 from twinv2.models import CTRModel
 from twinv2.models.attention import cluster_aware_scores, cross_bias, masked_softmax, topk_merge
 from twinv2.models.twin import TwinLongTerm
@@ -171,7 +174,7 @@ class Scorer:
         """
         if not self.cached:
             if explain:
-                raise ValueError("explanations need a twin or twinv2 model")
+                raise ConfigError("explanations need a twin or twinv2 model")
             return self.score_forward(long, short, candidates), None
         assert self.cache is not None
         model, features = self.model, self.model.features
@@ -235,8 +238,3 @@ class Scorer:
             return out, None
         return out, Explanation(torch.cat(expl_pos) if expl_pos else torch.zeros(0, 0, dtype=torch.int64),
                                 torch.cat(expl_w) if expl_w else torch.zeros(0, 0))
-
-
-def scores_to_probabilities(logits: torch.Tensor) -> np.ndarray:
-    """Click probabilities float64 ``[B]`` from logits ``[B]``."""
-    return torch.sigmoid(logits.double()).numpy()
