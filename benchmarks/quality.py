@@ -488,7 +488,8 @@ def main(argv: list[str] | None = None) -> int:
                                      "seconds": time.perf_counter() - t_start, "complete": False})
 
     # Runs are independent (one torch thread each, one process each), so they run --jobs at a time.
-    runs = [(v, s) for s in range(args.seeds) for v in variants]
+    # Variant-major, models first: an interrupted run has whole models before any sweep point.
+    runs = [(v, s) for v in variants for s in range(args.seeds)]
     comps = {v.name: clusters(v) for v, _ in runs}
     if args.jobs <= 1:
         for v, seed in runs:
