@@ -160,3 +160,17 @@ def test_oov_unknown_mode_scores_unknown_items_and_lists_them(serve_data, tmp_pa
     out = Service(config).score(HEAVY_USER, [1, 500, -3], request_ts=10_000)
     assert len(out["scores"]) == 3 and out["unknown_candidates"] == [-3, 500]
     assert out["scores"][1] == out["scores"][2]  # both scored as the unknown item
+
+
+def test_reload_published_through_the_store_reaches_other_processes(serve_data, store_url, tmp_path):
+    """Replicas (or --workers processes) share the store: a reload on one is adopted by the others."""
+    config = ServeConfig(checkpoint=str(serve_data["twinv2"]), store=store_url,
+                         compressed=str(serve_data["compressed"]), poll_seconds=0)
+    first, second = Service(config), Service(config, prepare=False)
+    other = save_model(load_dataset(serve_data["dataset"]), "twinv2", tmp_path / "other.pt", serve_data["compressed"],
+                       seed=9)
+    assert not second.sync()
+    first.reload(checkpoint=str(other))
+    assert second.sync() and second.model_version == first.model_version
+    request = {"user_id": HEAVY_USER, "candidates": [1, 2, 3], "request_ts": 10_000}
+    assert second.score(**request)["scores"] == first.score(**request)["scores"]
