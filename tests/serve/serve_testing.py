@@ -36,8 +36,9 @@ def make_compressed(dataset_dir: Path, out: Path) -> Path:
     return out
 
 
-def train_config(long_term: str) -> TrainConfig:
-    return apply_overrides(TrainConfig(), {**MODEL_OVERRIDES, "model.long_term": long_term})
+def train_config(long_term: str, **model: object) -> TrainConfig:
+    return apply_overrides(TrainConfig(), {**MODEL_OVERRIDES, "model.long_term": long_term,
+                                           **{f"model.{k}": v for k, v in model.items()}})
 
 
 def sequence_config(long_term: str) -> SequenceConfig:
@@ -45,9 +46,11 @@ def sequence_config(long_term: str) -> SequenceConfig:
                           long_source="compressed" if long_term == "twinv2" else "raw")
 
 
-def save_model(dataset: Dataset, long_term: str, path: Path, compressed: Path | None, seed: int = 0) -> Path:
-    """A randomly initialised model (weights spread out so scores differ clearly) saved as a checkpoint."""
-    cfg = train_config(long_term)
+def save_model(dataset: Dataset, long_term: str, path: Path, compressed: Path | None, seed: int = 0,
+               **model: object) -> Path:
+    """A randomly initialised model (weights spread out so scores differ clearly) saved as a checkpoint;
+    ``model`` overrides model config keys (``esu_null_slot=True``)."""
+    cfg = train_config(long_term, **model)
     torch.manual_seed(seed)
     model = build_model(cfg.model, dataset.manifest, dataset.items).eval()
     with torch.no_grad():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.serve.serve_testing import ESU_SIZE, SNAPSHOT_TS, heavy_users
+from tests.serve.serve_testing import ESU_SIZE, SNAPSHOT_TS, heavy_users, save_model
 from twinv2.checkpoints import load_model
 from twinv2.compress import load_compressed
 from twinv2.data.batches import BatchBuilder
@@ -116,3 +116,22 @@ def test_gsu_merge_equals_topk_merge(n, k, H):
     expected, _ = topk_merge(alpha.permute(1, 2, 0), torch.ones(6, n, dtype=torch.bool), k)
     assert torch.equal(_gsu_merge(alpha, k), expected)
 
+
+
+def test_scorer_matches_training_forward_with_the_esu_null_slot(serve_data, tmp_path):
+    """A model option inside the shared modules (the ESU's "nothing relevant" slot) is served as trained."""
+    dataset = load_dataset(serve_data["dataset"])
+    path = save_model(dataset, "twinv2", tmp_path / "null.pt", serve_data["compressed"], seed=4, esu_null_slot=True)
+    model, info = load_model(path)
+    assert model.long_term.twin.attention.null_logit is not None
+    store = SqliteStore(tmp_path / "s.db", [c.name for c in info.manifest.cross_numerics],
+                        context_length(info.sequence_config))
+    load_version(store, serve_data["compressed"])
+    compressed = load_compressed(serve_data["compressed"])
+    candidates = np.arange(1, 61, dtype=np.int64)
+    user = int(heavy_users(dataset, 1)[0])
+    expected = _training_logits(model, info, dataset, compressed, user, 7_000, candidates)
+    seqs = user_sequences(store.get_user(user), 7_000, info.manifest, info.sequence_config)
+    got, expl = Scorer(model).score(seqs.long, seqs.short, torch.from_numpy(candidates), explain=3)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    assert expl is not None and bool((expl.weights.sum(1) < 1).all())  # the null slot takes its share

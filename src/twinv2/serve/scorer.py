@@ -119,6 +119,18 @@ def _gsu_merge(alpha: torch.Tensor, k: int) -> torch.Tensor:
     return union.gather(1, index)
 
 
+def _esu_weights(attention: torch.nn.Module, alpha: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The ESU's attention weights ``[c, k, H]`` as :class:`MultiHeadTargetAttention` forms them: the
+    softmax over the real items, joined by the learned "nothing relevant" slot when the model has one."""
+    null = getattr(attention, "null_logit", None)
+    if null is None:
+        return masked_softmax(alpha, mask)
+    c, k, H = alpha.shape
+    joined = masked_softmax(torch.cat([alpha, null.expand(c, 1, H)], dim=1),
+                            torch.cat([mask, mask.new_ones(c, 1)], dim=1))
+    return joined[:, :k]
+
+
 class Scorer:
     """Scores B candidate items for one user's sequences with a trained :class:`CTRModel`.
 
@@ -226,7 +238,7 @@ class Scorer:
             short_out = st.attention(st.score(sk, st.score.query_kernel(q)), sk, short_seq.mask.expand(c, -1))
             logits.append(model.head(torch.cat([q, long_out, short_out], dim=-1)).squeeze(-1))
             if explain:
-                weight = masked_softmax(esu_alpha, chosen_mask).mean(dim=2)  # [c, k]
+                weight = _esu_weights(twin.attention, esu_alpha, chosen_mask).mean(dim=2)  # [c, k]
                 m = min(explain, weight.shape[1])
                 top_w, top_i = weight.topk(m, dim=1)
                 pos = real[idx.gather(1, top_i)] if n else torch.full_like(top_i, -1)

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from twinv2.compress.cluster import ClusterConfig
-from twinv2.compress.job import UserCompressor
+from twinv2.compress.compressor import UserCompressor
 from twinv2.compress.store import empty_columns, virtual_item_schema
 from twinv2.data.batches import SequenceConfig
 from twinv2.errors import ConfigError, RequestError, StoreError
