@@ -2,12 +2,12 @@
 
     python benchmarks/serve_latency.py --out benchmarks/results/serve_latency.json
 
-**Scorer** (one torch thread, TWIN-V2 at the default architecture: ids 64-d, 4 heads of d_k = 16, k = 100,
-short sequence 50, MLP 200-80; 100,000 items), for B candidates in {100, 1000} and GSU length L in
-{10^3, 10^4}. One user's long sequence of L virtual items (sizes 1-20) and short sequence of 50 behaviors
-are built once; each timed call is :meth:`twinv2.serve.Scorer.score` (GSU over the cached projections,
-top-k merge, ESU, short-term module, MLP), ``p50_ms`` / ``p99_ms`` over ``--reps`` calls (at least 10,
-at most ``--budget-s`` seconds per case).
+**Scorer** (one torch thread; TWIN-V2 at the paper's widths, pinned here: 64-d ids, 8-d side features,
+4 heads of d_k = 16, k = 100, short sequence 50, MLP 200-80; 100,000 items), for B candidates in
+{100, 1000} and GSU length L in {10^3, 10^4}. One user's long sequence of L virtual items (sizes 1-20)
+and short sequence of 50 behaviors are built once; each timed call is :meth:`twinv2.serve.Scorer.score`
+(GSU over the cached projections, top-k merge, ESU, short-term module, MLP), ``p50_ms`` / ``p99_ms`` over
+``--reps`` calls (at least 10, at most ``--budget-s`` seconds per case).
 
 - ``bound_ms``: the per-head ``(B x d_k) @ (d_k x L)`` products alone (one ``torch.bmm`` over the H heads on
   contiguous operands), timed in the same run: the floor of any exact GSU (DESIGN §7).
@@ -17,11 +17,11 @@ at most ``--budget-s`` seconds per case).
   Median of ``--naive-reps`` calls.
 
 **HTTP** end to end on loopback: a synthetic ``small`` dataset (300 users, 2,000 items) compressed at its
-80% snapshot, a randomly initialised TWIN-V2 checkpoint (latency does not depend on training) with
-L = 1000, served by ``twinv2 serve`` (one worker, one torch thread, SQLite store); 8 client threads send
-``POST /v1/score`` with 100 random candidates for random users for ``--http-seconds``. ``p50_ms`` /
-``p99_ms`` of the client-side latency, ``rps`` = responses / wall time, ``errors`` = non-200 answers or
-failed connections.
+80% snapshot, a randomly initialised TWIN-V2 checkpoint of the package's default model config (latency
+does not depend on training) with L = 1000, served by ``twinv2 serve`` (one worker, one torch thread,
+SQLite store); 8 client threads send ``POST /v1/score`` with 100 random candidates for random users for
+``--http-seconds``. ``p50_ms`` / ``p99_ms`` of the client-side latency, ``rps`` = responses / wall time,
+``errors`` = non-200 answers or failed connections.
 """
 
 from __future__ import annotations
@@ -83,7 +83,10 @@ def _model_and_inputs(seed: int):
     items = {"category_id": rng.integers(0, 200, NUM_ITEMS + 1), "author_id": rng.integers(0, 5000, NUM_ITEMS + 1),
              "duration": rng.uniform(5, 600, NUM_ITEMS + 1).astype(np.float32)}
     torch.manual_seed(seed)
-    model = build_model(ModelConfig(long_term="twinv2"), manifest, items).eval()
+    # The paper's widths, pinned (not the package defaults, which may change): 64-d ids, 4 heads of 16.
+    config = ModelConfig(long_term="twinv2", id_dim=64, feature_dim=8, num_heads=4, head_dim=16, esu_size=100,
+                         short_len=50, mlp_dims=(200, 80))
+    model = build_model(config, manifest, items).eval()
     return model, rng
 
 
