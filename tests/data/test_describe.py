@@ -37,3 +37,12 @@ def test_describe_cli_missing_folder_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(app, ["data", "describe", str(tmp_path / "nope")])
     assert result.exit_code == 2
     assert "manifest" in result.output
+
+
+def test_describe_writes_nothing_into_the_dataset_without_plot(tiny_dataset_dir, tmp_path):
+    """Issue 9: the histogram went into the input folder by default (and crashed on a read-only one)."""
+    before = sorted(p.name for p in tiny_dataset_dir.rglob("*"))
+    result = CliRunner().invoke(app, ["data", "describe", str(tiny_dataset_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["plot"] is None
+    assert sorted(p.name for p in tiny_dataset_dir.rglob("*")) == before
