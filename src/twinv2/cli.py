@@ -511,7 +511,7 @@ def demo_cmd(
     scale: str | None = typer.Option(None, "--scale", help="Synthetic scale: small, default or large (default: "
                                      "default; small with --quick)."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed of the data, compression and training."),
-    quick: bool = typer.Option(False, "--quick", help="Small data and budgets (about a minute)."),
+    quick: bool = typer.Option(False, "--quick", help="Small data and budgets (well under a minute)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
 ) -> None:
     """Synthesise data, learn embeddings, compress, train twinv2 and twin, evaluate, write a report."""
