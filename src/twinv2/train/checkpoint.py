@@ -19,7 +19,6 @@ tensors, numbers, strings, lists and dicts inside). Keys:
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ from twinv2.checkpoints import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, read_check
 from twinv2.data.batches import SequenceConfig
 from twinv2.data.schema import Manifest
 from twinv2.data.split import TemporalSplit
-from twinv2.data.store import Dataset
+from twinv2.data.store import Dataset, dataset_identity
 from twinv2.errors import CheckpointError, Twinv2Error
 from twinv2.models import CTRModel, build_model
 from twinv2.train.config import TrainConfig, config_from_dict, config_to_dict
@@ -49,25 +48,6 @@ __all__ = [
     "save_checkpoint",
 ]
 
-
-
-def dataset_identity(dataset: Dataset | Manifest) -> dict[str, Any]:
-    """What must agree between a checkpoint and a dataset: the schema fingerprint (columns, vocabularies,
-    item count), user and event counts, the time range and, given a loaded :class:`Dataset`, a hash of the
-    per-user event counts (the fingerprint alone does not tell two generated datasets of one scale apart)."""
-    manifest = dataset.manifest if isinstance(dataset, Dataset) else dataset
-    identity: dict[str, Any] = {
-        "fingerprint": manifest.fingerprint(),
-        "num_users": manifest.num_users,
-        "num_items": manifest.num_items,
-        "num_events": manifest.num_events,
-        "time_min": manifest.time_min,
-        "time_max": manifest.time_max,
-    }
-    if isinstance(dataset, Dataset):
-        offsets = np.ascontiguousarray(dataset.histories.offsets, dtype=np.int64)
-        identity["user_counts_sha256"] = hashlib.sha256(offsets.tobytes()).hexdigest()[:16]
-    return identity
 
 
 @dataclass
