@@ -10,9 +10,8 @@ from typing import Any
 import numpy as np
 
 from twinv2.data.split import TemporalSplit
-from twinv2.data.store import Dataset
+from twinv2.data.store import Dataset, dataset_identity
 from twinv2.errors import CompressionError, ConfigError
-from twinv2.train.checkpoint import dataset_identity
 from twinv2.train.config import TrainConfig
 
 __all__ = ["CompressedPaths", "make_split", "open_compressed", "open_compressed_versions"]
