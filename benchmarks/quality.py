@@ -22,7 +22,8 @@ Protocol:
 - ablations (all ``twinv2`` under the same budget): ``twinv2_no_log_size`` (attention without ln n),
   ``twinv2_random_groups`` (random grouping with the same size rule instead of k-means),
   ``twinv2_gamma5`` / ``twinv2_gamma80`` (gamma sweep; gamma = 20 is ``twinv2`` itself) and
-  ``twinv2_flat_k10`` (one-level k-means with a fixed k = 10 clusters per completion group);
+  ``twinv2_flat_k10`` (one-level k-means with a fixed k = 10 clusters per completion group); and
+  ``twin_as_landed`` / ``twinv2_as_landed`` (the shared score's first defaults: 64-d ids, Xavier ``W_q``);
 - L sweep (``--sweep``): ``twin`` and ``twinv2`` at L = 100 and 2,000, and ``twin_full``, TWIN over the
   whole history (L = the longest history before the test end) as the cost and quality reference;
 - per run: test AUC/GAUC/log loss overall and by activity tertile, the GSU diagnostics of
@@ -108,6 +109,9 @@ ABLATIONS = [
     Variant("twinv2_flat_k10", "twinv2", "flat k-means, fixed k = 10 clusters per completion group",
             cluster=ClusterConfig(method="flat", flat_k=10)),
 ]
+# The shared score as first landed (64-d ids, Xavier W_q), to show what the defaults changed.
+ABLATIONS += [Variant(f"{m}_as_landed", m, f"{m} with the first defaults: 64-d item ids, Xavier-initialised W_q",
+                      model_overrides={"id_dim": 64, "score_init": "xavier"}) for m in ("twin", "twinv2")]
 ABLATION_NAMES = [a.name for a in ABLATIONS]
 # L sweep (issue: GAUC vs L) and TWIN on the whole history as the cost/quality reference.
 SWEEP = [Variant(f"{m}_L{n}", m, f"{m} with L = {n}", long_len=n) for m in ("twin", "twinv2") for n in (100, 2000)]
