@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from twinv2._io import load_torch_dict
@@ -99,6 +100,20 @@ def _model_config(path: Path, payload: dict[str, Any]) -> ModelConfig:
     return ModelConfig.from_dict(dict(model_dict), source=f"{path} (model_config)")
 
 
+def model_from_payload(path: Path, payload: dict[str, Any], config: ModelConfig, manifest: Manifest,
+                       device: str | torch.device) -> tuple[CTRModel, dict[str, np.ndarray]]:
+    """The model a checkpoint's payload describes, with its weights, in eval mode on ``device``, and its
+    item-feature arrays. Raises CheckpointError when the weights do not fit the config."""
+    items = {name: t.numpy() for name, t in payload["items"].items()}
+    model = build_model(config, manifest, items)
+    try:
+        model.load_state_dict(payload["model_state"], strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit the model its config describes "
+                              f"({str(exc).splitlines()[0]})") from exc
+    return model.to(device).eval(), items
+
+
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[CTRModel, ModelInfo]:
     """Rebuild the trained model from a checkpoint alone, in eval mode, on ``device``.
 
@@ -119,14 +134,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
         snapshot_ts = int(dict(payload["split"])["snapshot_ts"])
     except (Twinv2Error, TypeError, KeyError) as exc:
         raise CheckpointError(f"{path}: damaged checkpoint metadata ({exc})") from exc
-    items = {name: t.numpy() for name, t in payload["items"].items()}
-    model = build_model(config, manifest, items)
-    try:
-        model.load_state_dict(payload["model_state"], strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit the model its config describes "
-                              f"({str(exc).splitlines()[0]})") from exc
-    model.to(device).eval()
+    model, items = model_from_payload(path, payload, config, manifest, device)
     info = ModelInfo(path=path, version=file_version(path), model_config=config, sequence_config=sequence_config,
                      manifest=manifest, items=items, dataset_path=str(payload["dataset_path"]),
                      compressed_path=payload.get("compressed_path"), snapshot_ts=snapshot_ts)

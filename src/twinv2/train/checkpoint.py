@@ -29,13 +29,13 @@ import torch
 
 from twinv2 import __version__
 from twinv2._io import atomic_file
-from twinv2.checkpoints import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, read_checkpoint
+from twinv2.checkpoints import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, model_from_payload, read_checkpoint
 from twinv2.data.batches import SequenceConfig
 from twinv2.data.schema import Manifest
 from twinv2.data.split import TemporalSplit
 from twinv2.data.store import Dataset, dataset_identity
 from twinv2.errors import CheckpointError, Twinv2Error
-from twinv2.models import CTRModel, build_model
+from twinv2.models import CTRModel
 from twinv2.train.config import TrainConfig, config_from_dict, config_to_dict
 
 __all__ = [
@@ -130,14 +130,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
     path = Path(path)
     payload = read_checkpoint(path)
     info = _info(path, payload)
-    items = {name: t.numpy() for name, t in payload["items"].items()}
-    model = build_model(info.config.model, info.manifest, items)
-    try:
-        model.load_state_dict(payload["model_state"], strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit the model its config describes "
-                              f"({str(exc).splitlines()[0]})") from exc
-    model.to(device).eval()
+    model, _ = model_from_payload(path, payload, info.config.model, info.manifest, device)
     return model, info
 
 
