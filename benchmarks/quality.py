@@ -132,6 +132,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ablations", default=",".join(ABLATION_NAMES), help="comma-separated ablations, or 'none'")
     p.add_argument("--sweep", default="none", help=f"comma-separated L-sweep variants ({','.join(SWEEP_NAMES)}), "
                    "'all' or 'none'")
+    p.add_argument("--sweep-seeds", type=int, default=None, help="seeds of the sweep variants (default --seeds)")
     p.add_argument("--regime", choices=("default", "lifecycle"), default=None,
                    help="synthetic regime (the generator's scale of that name) when --dataset is not given")
     p.add_argument("--raw-cap", type=int, default=None, help="twinv2: raw behaviors leading the long sequence "
@@ -493,7 +494,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # Runs are independent (one torch thread each, one process each), so they run --jobs at a time.
     # Variant-major, models first: an interrupted run has whole models before any sweep point.
-    runs = [(v, s) for v in variants for s in range(args.seeds)]
+    sweep_seeds = args.seeds if args.sweep_seeds is None else min(args.sweep_seeds, args.seeds)
+    runs = [(v, s) for v in variants for s in range(sweep_seeds if v.name in SWEEP_NAMES else args.seeds)]
     comps = {v.name: clusters(v) for v, _ in runs}
     if args.jobs <= 1:
         for v, seed in runs:
