@@ -427,8 +427,10 @@ def train_cmd(
     model: str | None = typer.Option(None, "--model", help="Long-term module: twinv2, twin, sim_soft, "
                                      "sim_hard, eta, sdim, din, avg_pool."),
     out: Path = typer.Option(..., "--out", help="Run folder: best.pt, last.pt, history.json, config.yaml."),
-    compressed: Path | None = typer.Option(None, "--compressed", help="Compressed life cycles (required by "
-                                           "twinv2; made by `twinv2 compress`)."),
+    compressed: list[Path] | None = typer.Option(None, "--compressed", help="Compressed life cycles (required "
+                                                 "by twinv2; made by `twinv2 compress`). Repeat it to pass "
+                                                 "versions built on a cadence: each sample reads the latest one "
+                                                 "built before it."),
     config: Path | None = typer.Option(None, "--config", help="YAML config (see configs/default.yaml)."),
     set_: list[str] = typer.Option([], "--set", help="Override one config value, e.g. --set "
                                    "model.esu_size=50 (repeatable; applied last)."),
@@ -449,7 +451,8 @@ def train_cmd(
     options = {"train.epochs": epochs, "train.batch_size": batch_size, "data.long_len": long_len,
                "model.esu_size": esu_size, "data.max_train_samples": max_train_samples, "train.seed": seed,
                "train.device": device}
-    result = run_training(out, dataset=dataset, model=model, compressed=compressed, config_file=config,
+    result = run_training(out, dataset=dataset, model=model, compressed=_one_or_many(compressed),
+                          config_file=config,
                           overrides=set_, options=options, resume=resume, overwrite=overwrite, console=console)
     summary = {"best_checkpoint": str(result.best_checkpoint), "last_checkpoint": str(result.last_checkpoint),
                "best_validation": result.best, "steps": result.steps, "stopped_early": result.stopped_early,
@@ -464,25 +467,34 @@ def train_cmd(
                       f"{b.get('step')}; checkpoint {result.best_checkpoint}", highlight=False)
 
 
+def _one_or_many(paths: list[Path] | None) -> Path | list[Path] | None:
+    """A repeatable --compressed option: None when absent, the path when given once, else the list."""
+    if not paths:
+        return None
+    return paths[0] if len(paths) == 1 else list(paths)
+
+
 @app.command("evaluate")
 @friendly_errors
 def evaluate_cmd(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A checkpoint written by `twinv2 train`."),
     split: str = typer.Option("test", "--split", help="train, valid or test (windows of the run's split)."),
     dataset: Path | None = typer.Option(None, "--dataset", help="Dataset folder (default: the training one)."),
-    compressed: Path | None = typer.Option(None, "--compressed", help="Compressed life cycles for twinv2 "
-                                           "(default: the training one)."),
+    compressed: list[Path] | None = typer.Option(None, "--compressed", help="Compressed life cycles for twinv2 "
+                                                 "(default: the training ones); repeatable, as in train."),
     max_samples: int | None = typer.Option(None, min=1, help="Seeded subsample of the window (default: all)."),
     batch_size: int | None = typer.Option(None, min=1, help="Evaluation batch size (default: the run's)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+    diagnostics: bool = typer.Option(False, "--diagnostics", help="Also report the GSU's retrieval "
+                                     "diagnostics (category hit rate and recall, score terms, ages)."),
 ) -> None:
     """AUC, GAUC (with users/impressions counted) and log loss, overall and per user-activity tertile."""
     from twinv2.train.evaluate import evaluate_checkpoint, render_evaluation
 
-    report = evaluate_checkpoint(checkpoint, split, dataset=dataset, compressed=compressed,
+    report = evaluate_checkpoint(checkpoint, split, dataset=dataset, compressed=_one_or_many(compressed),
                                  max_samples=max_samples, batch_size=batch_size, device=device,
-                                 console=console, show_progress=not as_json)
+                                 console=console, show_progress=not as_json, diagnostics=diagnostics)
     if as_json:
         print_json(report)
     else:

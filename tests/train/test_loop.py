@@ -282,3 +282,19 @@ def test_cli_export_embeddings_writes_the_checkpoint_table(twin_run, tmp_path):
     ids, matrix = load_embedding_file(tmp_path / "emb.parquet")
     table = torch.load(out / "best.pt", weights_only=True)["item_embeddings"].numpy()
     assert np.array_equal(matrix, table[1:]) and ids[0] == 1 and len(ids) == table.shape[0] - 1
+
+
+def test_evaluate_cli_diagnostics_report_the_gsu(twin_run):
+    """`twinv2 evaluate --diagnostics`: the GSU's retrieval diagnostics in the JSON and in the table, and the
+    recall recorded at every validation of the run."""
+    out, result = twin_run
+    res = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(out / "best.pt"), "--split", "valid",
+                                   "--diagnostics", "--json"])
+    assert res.exit_code == 0, res.output
+    diag = json.loads(res.stdout)["diagnostics"]
+    assert diag["learned_gsu"] and 0.0 <= diag["category_recall"] <= 1.0
+    assert 0.0 <= diag["category_hit_rate"] <= 1.0 and diag["esu_size"] == tiny_config().model.esu_size
+    table = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(out / "best.pt"), "--split", "valid",
+                                     "--diagnostics"])
+    assert table.exit_code == 0 and "GSU category hit rate" in table.stdout
+    assert all(0.0 <= v["gsu_category_recall"] <= 1.0 for v in result.history)
