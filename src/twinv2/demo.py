@@ -90,10 +90,11 @@ class DemoBudget:
 
 # The life-cycle regime (docs/synthetic.md): the data where reading beyond the recent behaviors can pay
 # (about a fifth of the test positives have their previous same-category behavior more than 500 behaviors
-# back). Sized for well under 15 minutes on 2 CPU cores with the set-up: one torch thread trains twin /
-# twinv2 at L = 500 at ~2,500 samples/s, so 150,000 samples take about a minute per model.
+# back). Sized for 15 minutes on 2 CPU cores with the set-up: the four compressions of 4-5 M behaviors
+# each take the largest share; one torch thread trains twin / twinv2 at L = 500 at ~2,000 samples/s on
+# an idle core, so 100,000 samples take under a minute per model.
 DEFAULT_BUDGET = DemoBudget(scale="lifecycle", long_len=500, esu_size=100, batch_size=256, epochs=1,
-                            max_train_samples=150_000, max_valid_samples=20_000, max_test_samples=100_000)
+                            max_train_samples=100_000, max_valid_samples=10_000, max_test_samples=50_000)
 QUICK_BUDGET = DemoBudget(scale="small", long_len=100, esu_size=20, batch_size=128, epochs=1,
                           max_train_samples=3_000, max_valid_samples=1_000, max_test_samples=3_000,
                           compress_workers=1,
