@@ -155,6 +155,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=None, help="training runs at a time, one process each "
                    "(default: the number of cores); each run gets (cores - 1) // jobs torch threads, at least 1")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep every run's best.pt")
+    p.add_argument("--report-only", action="store_true", help="rewrite the tables and plots of an existing --out "
+                   "JSON (e.g. of an interrupted run) and exit")
     p.add_argument("--quick", action="store_true", help="smoke run: small scale, tiny budgets, 2 seeds")
     args = p.parse_args(argv)
     if args.quick:
@@ -441,6 +443,11 @@ def main(argv: list[str] | None = None) -> int:
     import multiprocessing as mp
 
     args = parse_args(argv)
+    if args.report_only:
+        # Tables and plots from an existing (possibly interrupted: "complete": false) results file.
+        payload = json.loads(args.out.read_text())
+        print(write_outputs(args.out, payload["results"], payload))
+        return 0
     t_start = time.perf_counter()
     work = args.work or args.out.with_name(f"{args.out.stem}_work")
     work.mkdir(parents=True, exist_ok=True)
