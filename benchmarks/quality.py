@@ -60,7 +60,7 @@ from rich.console import Console
 
 from twinv2._io import write_json_atomic
 from twinv2.compress import ClusterConfig, EmbeddingSource
-from twinv2.compress.cadence import cadence_snapshots, compress_on_cadence
+from twinv2.compress.cadence import cadence_snapshots, compress_on_cadence, version_folder
 from twinv2.data.headroom import life_cycle_headroom
 from twinv2.data.split import TemporalSplit, make_samples
 from twinv2.data.store import Dataset, load_dataset
@@ -155,6 +155,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=None, help="training runs at a time, one process each "
                    "(default: the number of cores); each run gets (cores - 1) // jobs torch threads, at least 1")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep every run's best.pt")
+    p.add_argument("--finished-only", action="store_true", help="assemble the results of the runs already "
+                   "finished in --work (no training); the output says complete: false if any is missing")
     p.add_argument("--report-only", action="store_true", help="rewrite the tables and plots of an existing --out "
                    "JSON (e.g. of an interrupted run) and exit")
     p.add_argument("--quick", action="store_true", help="smoke run: small scale, tiny budgets, 2 seeds")
@@ -231,7 +233,7 @@ def _settings(args: argparse.Namespace, ds: Dataset) -> dict[str, Any]:
 
 
 def _run_one(ds: Dataset, work: Path, variant: Variant, seed: int, args: argparse.Namespace,
-             compressed: list[Path] | None, settings: dict[str, Any]) -> dict[str, Any]:
+             compressed: list[Path] | None, settings: dict[str, Any]) -> dict[str, Any] | None:
     """Train + test one (variant, seed); cached in ``work/runs/<name>/seed<k>/result.json``."""
     run_dir = work / "runs" / variant.name / f"seed{seed}"
     cache = run_dir / "result.json"
@@ -244,6 +246,8 @@ def _run_one(ds: Dataset, work: Path, variant: Variant, seed: int, args: argpars
         if cached.get("settings") == settings and cached.get("config") == identity:
             console.print(f"[dim]cached: {variant.name} seed {seed}[/]")
             return cached
+    if args.finished_only:
+        return None
     quiet = Console(file=io.StringIO())
     t0 = time.perf_counter()
     if args.jobs <= 1:
@@ -487,10 +491,13 @@ def main(argv: list[str] | None = None) -> int:
             return None
         key = v.compress_key()
         if key not in compressed:
-            compressed[key] = _compressed(ds, work, v, snapshots, args)
+            compressed[key] = ([version_folder(work / "compressed" / key, ts) for ts in snapshots]
+                               if args.finished_only else _compressed(ds, work, v, snapshots, args))
         return compressed[key]
 
-    def record(rec: dict[str, Any]) -> None:
+    def record(rec: dict[str, Any] | None) -> None:
+        if rec is None:  # --finished-only: a run that has not finished is left out
+            return
         records.append(rec)
         results = aggregate(records, variants)
         _add_headroom_share(results, oracle)
@@ -519,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_headroom_share(results, oracle)
     payload = {"settings": settings, "split": split.to_dict(), "results": results, "oracle": oracle,
                "headroom": headroom, "comparison": _comparison(results), "runs": records, "compression_seed": 0,
-               "seconds": time.perf_counter() - t_start, "complete": True}
+               "seconds": time.perf_counter() - t_start, "complete": len(records) == len(runs)}
     write_json_atomic(args.out, payload)
     table = write_outputs(args.out, payload["results"], payload)
     print(table)
