@@ -155,6 +155,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=None, help="training runs at a time, one process each "
                    "(default: the number of cores); each run gets (cores - 1) // jobs torch threads, at least 1")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep every run's best.pt")
+    p.add_argument("--reuse-compressed", action="store_true", help="use the finished compressed versions in "
+                   "--work as they are (no rerun of the job on them)")
     p.add_argument("--finished-only", action="store_true", help="assemble the results of the runs already "
                    "finished in --work (no training); the output says complete: false if any is missing")
     p.add_argument("--report-only", action="store_true", help="rewrite the tables and plots of an existing --out "
@@ -491,8 +493,13 @@ def main(argv: list[str] | None = None) -> int:
             return None
         key = v.compress_key()
         if key not in compressed:
-            compressed[key] = ([version_folder(work / "compressed" / key, ts) for ts in snapshots]
-                               if args.finished_only else _compressed(ds, work, v, snapshots, args))
+            folders = [version_folder(work / "compressed" / key, ts) for ts in snapshots]
+            # --reuse-compressed: trust finished version folders instead of rerunning the job on them (which
+            # recomputes the embeddings before it finds the folder finished); training still checks each
+            # folder against the dataset.
+            reuse = args.finished_only or (args.reuse_compressed and all((f / "manifest.json").is_file()
+                                                                          for f in folders))
+            compressed[key] = folders if reuse else _compressed(ds, work, v, snapshots, args)
         return compressed[key]
 
     def record(rec: dict[str, Any] | None) -> None:
