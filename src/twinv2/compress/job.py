@@ -45,6 +45,7 @@ from twinv2.compress.store import (
     empty_columns,
     load_compressed,
     mean_feature_names,
+    members_per_user,
     part_name,
     read_compressed_manifest,
     read_part,
@@ -446,14 +447,14 @@ def _check_base_covers(base: Path, ds: Dataset, lo_rows: np.ndarray) -> None:
     comp = load_compressed(base)  # reads and checks every part file
     h = ds.histories
     n = len(comp.offsets) - 1
-    members = np.concatenate([[0], np.cumsum(comp.cluster_size, dtype=np.int64)])[comp.offsets]  # [n + 1]
+    members = members_per_user(comp)  # [n]
     before = lo_rows[:n] - h.offsets[:n]
-    bad = np.flatnonzero(np.diff(members) != before)
+    bad = np.flatnonzero(members != before)
     if bad.size:
         u = int(bad[0])
         raise CompressionError(
             f"{base}: compressed life cycles of another dataset: user {u} has {int(before[u])} behaviors before "
-            f"the base snapshot in {ds.path} but {int(members[u + 1] - members[u])} in the base's clusters "
+            f"the base snapshot in {ds.path} but {int(members[u])} in the base's clusters "
             f"({bad.size} users differ); compress this dataset from scratch instead")
 
 

@@ -37,6 +37,7 @@ __all__ = [
     "CompressedLifeCycles",
     "load_compressed",
     "mean_feature_names",
+    "members_per_user",
     "read_compressed_manifest",
     "virtual_item_schema",
 ]
@@ -224,6 +225,12 @@ class CompressedLifeCycles:
     @property
     def num_clusters(self) -> int:
         return len(self.rep_item_id)
+
+
+def members_per_user(comp: CompressedLifeCycles) -> np.ndarray:
+    """Behaviors held by each user's clusters, int64 ``[U]``: what a dataset must have before the snapshot
+    for ``comp`` to belong to it (the check behind every "compressed folder of another dataset" error)."""
+    return np.diff(np.concatenate([[0], np.cumsum(comp.cluster_size, dtype=np.int64)])[comp.offsets])
 
 
 def load_compressed(path: str | os.PathLike, *, with_centroids: bool = False) -> CompressedLifeCycles:

@@ -41,6 +41,7 @@ def open_compressed(path: str | os.PathLike | None, dataset: Dataset, window_sta
             ``window_start``.
     """
     from twinv2.compress import load_compressed
+    from twinv2.compress.store import members_per_user
 
     if path is None:
         raise ConfigError(f"model '{model_name}' reads compressed life cycles: pass --compressed DIR "
@@ -59,14 +60,14 @@ def open_compressed(path: str | os.PathLike | None, dataset: Dataset, window_sta
     if not differs and len(comp.offsets) == h.num_users + 1:
         users = np.arange(h.num_users, dtype=np.int64)
         before = h.end_before(users, np.full(h.num_users, comp.snapshot_ts, dtype=np.int64)) - h.offsets[:-1]
-        members = np.concatenate([[0], np.cumsum(comp.cluster_size)])[comp.offsets]
-        bad = np.flatnonzero(np.diff(members) != before)
+        members = members_per_user(comp)  # [U]
+        bad = np.flatnonzero(members != before)
         if bad.size:
             u = int(bad[0])
             raise CompressionError(
                 f"{path}: compressed life cycles of another dataset ({meta.get('dataset_path', 'unknown path')}): "
                 f"user {u} has {int(before[u])} behaviors before the snapshot in {dataset.path} but its clusters "
-                f"hold {int(members[u + 1] - members[u])} ({bad.size} users differ); rerun `twinv2 compress` on "
+                f"hold {int(members[u])} ({bad.size} users differ); rerun `twinv2 compress` on "
                 "this dataset")
     if differs:
         key = differs[0]
