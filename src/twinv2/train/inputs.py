@@ -26,7 +26,7 @@ def make_split(dataset: Dataset, config: TrainConfig) -> TemporalSplit:
     return TemporalSplit.from_fractions(dataset.histories.ts, snapshot=s.snapshot, valid=s.valid, test=s.test)
 
 
-def open_compressed(path: str | os.PathLike | None, dataset: Dataset, window_start: int, *,
+def open_compressed(path: str | os.PathLike | None, dataset: Dataset, window_start: int | None, *,
                     model_name: str, window: str = "train") -> Any:
     """Load compressed life cycles for ``dataset`` and check that they belong to it and may be used for
     samples from ``window_start`` on.
@@ -34,6 +34,7 @@ def open_compressed(path: str | os.PathLike | None, dataset: Dataset, window_sta
     Clusters may only hold behaviors before every sample they serve, so the compression snapshot must not
     be later than ``window_start`` (the start of the train window when training; of the evaluated window
     when evaluating: clusters refreshed at the test start serve the test window without leakage).
+    ``window_start=None`` skips that check (a caller that checks versions itself).
 
     Raises:
         ConfigError: no folder given for a model that reads compressed life cycles.
@@ -75,7 +76,7 @@ def open_compressed(path: str | os.PathLike | None, dataset: Dataset, window_sta
             f"{path}: compressed life cycles of another dataset ({meta.get('dataset_path', 'unknown path')}): "
             f"'{key}' is {recorded[key]!r} there and {expected[key]!r} in {dataset.path}; rerun "
             "`twinv2 compress` on this dataset")
-    if comp.snapshot_ts > window_start:
+    if window_start is not None and comp.snapshot_ts > window_start:
         raise CompressionError(
             f"{path}: compression snapshot {comp.snapshot_ts} is after the start of the {window} window "
             f"{window_start}: its clusters would hold behaviors later than the first {window} samples; compress "
@@ -96,7 +97,8 @@ def open_compressed_versions(paths: CompressedPaths | None, dataset: Dataset, wi
         return [open_compressed(paths, dataset, window_start, model_name=model_name, window=window)]
     if len(paths) == 0:
         return [open_compressed(None, dataset, window_start, model_name=model_name, window=window)]
-    versions = [open_compressed(p, dataset, 2**62, model_name=model_name, window=window) for p in paths]
+    # Only the earliest version must precede the window (checked below); later ones serve later samples.
+    versions = [open_compressed(p, dataset, None, model_name=model_name, window=window) for p in paths]
     versions.sort(key=lambda c: c.snapshot_ts)
     first = versions[0]
     if first.snapshot_ts > window_start:
