@@ -64,8 +64,9 @@ def _timed(fn: Any, reps: int, budget_s: float) -> list[float]:
     return times
 
 
-def _model_and_inputs(seed: int):
-    """A TWIN-V2 model at the default architecture over NUM_ITEMS synthetic items."""
+def _model_and_inputs(seed: int, relevance: str = "match"):
+    """A TWIN-V2 model at the default architecture over NUM_ITEMS synthetic items (``relevance``: the
+    learned score's form; "match" adds the exact-match term on category and author)."""
     from twinv2.data.schema import ColumnSpec, Manifest
     from twinv2.models import ModelConfig, build_model
 
@@ -85,7 +86,7 @@ def _model_and_inputs(seed: int):
     torch.manual_seed(seed)
     # The paper's widths, pinned (not the package defaults, which may change): 64-d ids, 4 heads of 16.
     config = ModelConfig(long_term="twinv2", id_dim=64, feature_dim=8, num_heads=4, head_dim=16, esu_size=100,
-                         short_len=50, mlp_dims=(200, 80))
+                         short_len=50, mlp_dims=(200, 80), relevance=relevance)
     model = build_model(config, manifest, items).eval()
     return model, rng
 
@@ -108,7 +109,7 @@ def scorer_cases(args: argparse.Namespace) -> list[dict[str, Any]]:
     from twinv2.serve import Scorer
 
     torch.set_num_threads(1)
-    model, rng = _model_and_inputs(args.seed)
+    model, rng = _model_and_inputs(args.seed, args.relevance)
     scorer = Scorer(model)
     twin = model.long_term.twin
     H, d_k = twin.score.num_heads, twin.score.head_dim
@@ -258,6 +259,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=8, help="HTTP client threads.")
     parser.add_argument("--work", default="runs/bench_serve", help="Folder for the HTTP dataset and checkpoint.")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--relevance", choices=("paper", "match"), default="match",
+                        help="The learned score's form (the package default: match).")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     result = {"cases": scorer_cases(args), "http": http_load(args)}

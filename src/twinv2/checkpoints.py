@@ -30,7 +30,7 @@ from twinv2.errors import CheckpointError, Twinv2Error
 from twinv2.models import CTRModel, ModelConfig, build_model
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "ModelInfo", "file_version", "load_model",
-           "read_checkpoint"]
+           "read_checkpoint", "upgrade_model_section"]
 
 CHECKPOINT_FORMAT = "twinv2-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -91,13 +91,19 @@ class ModelInfo:
     snapshot_ts: int
 
 
+def upgrade_model_section(model: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's model section in today's terms: files written before ``relevance`` existed were
+    trained with the paper's score, which is no longer the default, so they say so explicitly."""
+    return model if "relevance" in model else {**model, "relevance": "paper"}
+
+
 def _model_config(path: Path, payload: dict[str, Any]) -> ModelConfig:
     model_dict = payload.get("model_config")
     if model_dict is None:  # older files: the model section of the whole training config
         model_dict = dict(payload["train_config"]).get("model")
     if not isinstance(model_dict, dict):
         raise CheckpointError(f"{path}: checkpoint has no model configuration")
-    return ModelConfig.from_dict(dict(model_dict), source=f"{path} (model_config)")
+    return ModelConfig.from_dict(upgrade_model_section(dict(model_dict)), source=f"{path} (model_config)")
 
 
 def model_from_payload(path: Path, payload: dict[str, Any], config: ModelConfig, manifest: Manifest,

@@ -18,6 +18,7 @@ from twinv2.models.attention import (
     cluster_aware_scores,
     masked_softmax,
     reference_esu,
+    reference_match,
     reference_topk_merge,
     reference_twin_scores,
     topk_merge,
@@ -106,18 +107,21 @@ def test_cluster_aware_softmax_equals_expanded_members():
         torch.testing.assert_close(out_clusters[b], out_members[0])
 
 
-def _twin_setup(model_dataset, k, L=12, max_size=1, seed=0):
+def _twin_setup(model_dataset, k, L=12, max_size=1, seed=0, **options):
+    """A TwinAttention (options: match_features, match_init, attention_dim), 4 sequences and targets."""
     config = tiny_config(esu_size=k)
     torch.manual_seed(seed)
     features = FeatureEmbeddings(config, model_dataset.manifest, model_dataset.items)
-    twin = TwinAttention(features, config.num_heads, config.head_dim)
+    twin = TwinAttention(features, config.num_heads, config.head_dim, **options)
     rng = np.random.default_rng(seed)
     seq = random_sequence(model_dataset, 4, L, rng, lengths=[L, 7, 2, 0], max_size=max_size)
-    query = features.inherent(torch.from_numpy(rng.integers(1, model_dataset.manifest.num_items + 1, 4)))
-    return features, twin, seq, query
+    target = torch.from_numpy(rng.integers(1, model_dataset.manifest.num_items + 1, 4))
+    if twin.match is not None:  # make matches common: two behaviors per row share the target's item
+        seq.item_id[:2, :2] = target[:2, None]
+    return features, twin, seq, features.inherent(target), target
 
 
-def _reference_twin(features, twin, seq: SequenceBatch, query, k, use_log_size):
+def _reference_twin(features, twin, seq: SequenceBatch, query, target, k, use_log_size):
     """GSU and ESU for each sample by the slow references (plain Python lists and loops)."""
     s = twin.score
     weights = dict(key_weight=s.key_weight.tolist(), query_weight=s.query_weight.tolist(),
@@ -125,54 +129,99 @@ def _reference_twin(features, twin, seq: SequenceBatch, query, k, use_log_size):
     rows = features.cross_rows(seq.cross)
     outputs = []
     for b in range(seq.item_id.shape[0]):
-        keys = features.inherent(seq.item_id[b]).tolist()
+        values_h = features.inherent(seq.item_id[b]).tolist()
+        keys, q = values_h, query[b].tolist()
+        if twin.keys is not None:  # DARE: the score reads its own tables
+            keys = torch.cat(twin.keys.blocks(features, seq.item_id[b]), dim=-1).tolist()
+            q = torch.cat(twin.keys.blocks(features, target[b]), dim=-1).tolist()
         cross = features.cross_embedding(rows[b]).tolist()  # [L][J][F]
-        alpha = reference_twin_scores(keys, cross, query[b].tolist(), **weights)
+        alpha = reference_twin_scores(keys, cross, q, **weights)
+        if twin.match is not None:
+            match = reference_match(twin.match.codes(features, target[b]).tolist(),
+                                    twin.match.codes(features, seq.item_id[b]).tolist(),
+                                    twin.match.unknown_rows.tolist(), twin.match.weight.tolist())
+            alpha = [[x + m for x, m in zip(row, mrow, strict=True)] for row, mrow in zip(alpha, match, strict=True)]
         sizes, mask = seq.size[b].tolist(), seq.mask[b].tolist()
         ranked = [[a + (math.log(max(sizes[i], 1.0)) if use_log_size else 0.0) for a in alpha[i]]
                   for i in range(len(alpha))]
         (chosen,), _ = reference_topk_merge([ranked], [mask], k)
-        values = [keys[i] + [x for channel in cross[i] for x in channel] for i in chosen]
+        values = [values_h[i] + [x for channel in cross[i] for x in channel] for i in chosen]
         outputs.append(reference_esu([alpha[i] for i in chosen], values, [mask[i] for i in chosen],
                                      [sizes[i] for i in chosen], use_log_size,
                                      twin.attention.value_weight.tolist(), twin.attention.out.weight.tolist()))
     return torch.tensor(outputs)
 
 
+_OPTIONS = {
+    "paper": {},
+    "match": {"match_features": ("category_id", "author_id"), "match_init": 2.0},
+    "dare": {"attention_dim": 6},
+    "dare+match": {"attention_dim": 6, "match_features": ("category_id",), "match_init": 3.0},
+}
+
+
+@pytest.mark.parametrize("options", list(_OPTIONS))
 @pytest.mark.parametrize(("k", "use_log_size", "max_size"), [(4, False, 1), (4, True, 9), (20, True, 9)])
-def test_twin_attention_equals_slow_reference(model_dataset, k, use_log_size, max_size):
-    features, twin, seq, query = _twin_setup(model_dataset, k, max_size=max_size)
+def test_twin_attention_equals_slow_reference(model_dataset, k, use_log_size, max_size, options):
+    features, twin, seq, query, target = _twin_setup(model_dataset, k, max_size=max_size, **_OPTIONS[options])
     with torch.no_grad():
-        fast = twin(features, query, seq, k, use_log_size)
-        slow = _reference_twin(features, twin, seq, query, k, use_log_size)
+        fast = twin(features, query, target, seq, k, use_log_size)
+        slow = _reference_twin(features, twin, seq, query, target, k, use_log_size)
     torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)
     assert (fast[3] == 0).all()  # the all-padding row
 
 
-def test_twin_gsu_and_esu_share_parameters(model_dataset):
+def test_match_term_never_matches_unknown_code(model_dataset):
+    """Code 0 (unknown) on both sides is no match; a known shared value adds gamma to every head."""
+    features, twin, seq, _, target = _twin_setup(model_dataset, 4, **_OPTIONS["match"])
+    codes = twin.match.codes(features, seq.item_id)  # [B, L, F]
+    target_codes = twin.match.codes(features, target)
+    unknown = twin.match.unknown_rows
+    target_codes[0] = unknown  # the target's values unknown
+    codes[0] = unknown
+    codes[1, 0] = target_codes[1]  # position 0 of row 1 shares every value with its target
+    match = twin.match(target_codes, codes)
+    assert (match[0] == 0).all()
+    known = target_codes[1] != unknown
+    torch.testing.assert_close(match[1, 0], (twin.match.weight * known[:, None]).sum(dim=0))
+
+
+@pytest.mark.parametrize("options", list(_OPTIONS))
+def test_twin_gsu_and_esu_share_parameters(model_dataset, options):
     """Consistency: the ESU's scores of the chosen behaviors are the GSU's scores at those positions."""
-    features, twin, seq, query = _twin_setup(model_dataset, k=4)
-    kernel = twin.score.query_kernel(query)
+    features, twin, seq, query, target = _twin_setup(model_dataset, k=4, **_OPTIONS[options])
+    kernel = twin.score.query_kernel(twin.score_query(features, query, target))
     table = features.cross_projection_table(twin.score.cross_weights())
     rows = features.cross_rows(seq.cross)
-    full = twin.scores(features, kernel, table, seq.item_id, rows)  # [B, L, H]
+    codes = twin.target_codes(features, target)
+    full = twin.scores(features, kernel, table, seq.item_id, rows, codes)  # [B, L, H]
     index, _ = topk_merge(cluster_aware_scores(full, seq.size, seq.mask, False), seq.mask, 4)
     picked_rows = rows.gather(1, index[..., None].expand(-1, -1, rows.shape[-1]))
-    again = twin.scores(features, kernel, table, seq.item_id.gather(1, index), picked_rows)
+    again = twin.scores(features, kernel, table, seq.item_id.gather(1, index), picked_rows, codes)
     torch.testing.assert_close(again, full.gather(1, index[..., None].expand(-1, -1, full.shape[-1])))
+    trace = twin.trace(features, query, target, seq, 4, False)
+    assert torch.equal(trace.index, index)
+    torch.testing.assert_close(trace.relevance + trace.cross_bias + trace.match, full)
+    real = trace.valid.any(dim=1)
+    torch.testing.assert_close(trace.esu_weight.sum(dim=1)[real], torch.ones(int(real.sum()), full.shape[-1]))
 
 
-def test_twin_attention_has_no_gradient_through_the_choice(model_dataset):
+@pytest.mark.parametrize("options", ["paper", "dare+match"])
+def test_twin_attention_has_no_gradient_through_the_choice(model_dataset, options):
     """Only the k chosen behaviors' embeddings get gradient (hard top-k); the GSU keeps no graph."""
-    features, twin, seq, query = _twin_setup(model_dataset, k=4)
-    twin(features, query.detach(), seq, 4, False).sum().backward()
-    grad = features.id_embedding.weight.grad
-    touched = set(torch.nonzero(grad.abs().sum(1)).flatten().tolist())
-    kernel = twin.score.query_kernel(query)
+    features, twin, seq, query, target = _twin_setup(model_dataset, k=4, **_OPTIONS[options])
+    twin(features, query.detach(), target, seq, 4, False).sum().backward()
+    kernel = twin.score.query_kernel(twin.score_query(features, query, target))
     table = features.cross_projection_table(twin.score.cross_weights())
-    alpha = twin.scores(features, kernel, table, seq.item_id, features.cross_rows(seq.cross))
+    alpha = twin.scores(features, kernel, table, seq.item_id, features.cross_rows(seq.cross),
+                        twin.target_codes(features, target))
     index, valid = topk_merge(alpha, seq.mask, 4)
-    assert touched == set(seq.item_id.gather(1, index)[valid].tolist())
+    chosen = set(seq.item_id.gather(1, index)[valid].tolist())
+    tables = [features.id_embedding.weight] + ([] if twin.keys is None else [twin.keys.id_embedding.weight])
+    for table in tables:
+        touched = set(torch.nonzero(table.grad.abs().sum(1)).flatten().tolist())
+        assert touched <= chosen | set(target.tolist())
+        assert touched >= chosen - {0}
 
 
 # ---- issue 9: TargetAttention and DIN's activation unit against slow references --------------------------

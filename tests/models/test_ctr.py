@@ -116,7 +116,7 @@ def test_ctr_rebuilds_from_state_dict_without_items(model_dataset):
 
 
 def test_unknown_model_name_lists_valid_names():
-    with pytest.raises(ConfigError, match=r"unknown long-term model 'twin3'.*twinv2, twin, sim_soft"):
+    with pytest.raises(ConfigError, match=r"unknown long-term model 'twin3'.*twinv2, twin, dare, sim_soft"):
         ModelConfig(long_term="twin3")
     assert tuple(LONG_TERM_MODULES) == LONG_TERM_NAMES
 
@@ -127,6 +127,12 @@ def test_unknown_model_name_lists_valid_names():
     ({"mlp_dims": (16, -1)}, "mlp_dims"),
     ({"use_log_size": "yes"}, "use_log_size"),
     ({"sdim_hash_bits": 40}, "sdim_hash_bits"),
+    ({"relevance": "exact"}, "relevance"),
+    ({"match_init": float("nan")}, "match_init"),
+    ({"match_init": True}, "match_init"),
+    ({"match_features": "category_id"}, "match_features"),
+    ({"attention_embeddings": 1}, "attention_embeddings"),
+    ({"attention_dim": 0}, "attention_dim"),
 ])
 def test_model_config_rejects_bad_values(values, match):
     with pytest.raises(ConfigError, match=match):
@@ -147,3 +153,25 @@ def test_ctr_batch_from_another_schema_is_rejected(model_dataset):
     wrong = replace_sequence(batch, cross=batch.long.cross[..., :3])
     with pytest.raises(ConfigError, match="do not match"):
         model(wrong)
+
+
+def test_match_features_must_be_categoricals_of_the_dataset(model_dataset):
+    with pytest.raises(ConfigError, match=r"'duration' is not an inherent categorical.*category_id"):
+        _model(model_dataset, "twin", match_features=("duration",))
+    model = _model(model_dataset, "twin", match_features=("author_id",))
+    assert model.long_term.twin.match.names == ("author_id",)
+    assert _model(model_dataset, "twin", relevance="paper").long_term.twin.match is None
+
+
+def test_dare_attention_tables_are_embedding_parameters_and_separate(model_dataset):
+    """DARE's score reads its own tables: they go to the embedding optimiser, and the representation's
+    id table gets no gradient from the score alone."""
+    model = _model(model_dataset, "dare")
+    keys = model.long_term.twin.keys
+    assert keys is not None and model.config.decoupled_attention
+    embedding_ids = {id(p) for p in model.embedding_parameters()}
+    assert {id(keys.id_embedding.weight), id(keys.side_embedding.weight)} <= embedding_ids
+    assert not embedding_ids & {id(p) for p in model.dense_parameters()}
+    twin_model = _model(model_dataset, "twin")
+    assert twin_model.long_term.twin.keys is None
+    assert len(model.embedding_parameters()) == len(twin_model.embedding_parameters()) + 2

@@ -118,20 +118,53 @@ def test_gsu_merge_equals_topk_merge(n, k, H):
 
 
 
-def test_scorer_matches_training_forward_with_the_esu_null_slot(serve_data, tmp_path):
-    """A model option inside the shared modules (the ESU's "nothing relevant" slot) is served as trained."""
+@pytest.mark.parametrize(("long_term", "options"), [
+    ("twinv2", {"esu_null_slot": True}),
+    ("twinv2", {"relevance": "paper"}),
+    ("twin", {"match_features": ["category_id"], "match_init": 2.0}),
+    ("dare", {}),
+    ("twinv2", {"attention_embeddings": True, "attention_dim": 6}),
+])
+def test_scorer_matches_training_forward_with_model_options(serve_data, tmp_path, long_term, options):
+    """Options inside the shared modules (the ESU's null slot, the score's relevance form, DARE's attention
+    tables) are served as trained."""
     dataset = load_dataset(serve_data["dataset"])
-    path = save_model(dataset, "twinv2", tmp_path / "null.pt", serve_data["compressed"], seed=4, esu_null_slot=True)
+    compressed_path = serve_data["compressed"] if long_term == "twinv2" else None
+    path = save_model(dataset, long_term, tmp_path / "m.pt", compressed_path, seed=4, **options)
     model, info = load_model(path)
-    assert model.long_term.twin.attention.null_logit is not None
     store = SqliteStore(tmp_path / "s.db", [c.name for c in info.manifest.cross_numerics],
                         context_length(info.sequence_config))
     load_version(store, serve_data["compressed"])
-    compressed = load_compressed(serve_data["compressed"])
+    compressed = load_compressed(serve_data["compressed"]) if long_term == "twinv2" else None
     candidates = np.arange(1, 61, dtype=np.int64)
     user = int(heavy_users(dataset, 1)[0])
-    expected = _training_logits(model, info, dataset, compressed, user, 7_000, candidates)
-    seqs = user_sequences(store.get_user(user), 7_000, info.manifest, info.sequence_config)
-    got, expl = Scorer(model).score(seqs.long, seqs.short, torch.from_numpy(candidates), explain=3)
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
-    assert expl is not None and bool((expl.weights.sum(1) < 1).all())  # the null slot takes its share
+    for ts in (7_000, 10_000):
+        expected = _training_logits(model, info, dataset, compressed, user, ts, candidates)
+        seqs = user_sequences(store.get_user(user), ts, info.manifest, info.sequence_config)
+        assert int(seqs.long.mask.sum()) > ESU_SIZE  # the GSU really selects
+        got, expl = Scorer(model).score(seqs.long, seqs.short, torch.from_numpy(candidates), explain=3)
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    if options.get("esu_null_slot"):
+        assert expl is not None and bool((expl.weights.sum(1) < 1).all())  # the null slot takes its share
+
+
+def test_explanations_say_which_attributes_matched(serve_data, tmp_path):
+    """With the exact-match term, each explained entry lists the categoricals it shares with the candidate."""
+    model, info = load_model(serve_data["twin"])
+    names = model.long_term.twin.match.names
+    assert names == tuple(model.features.categorical_names) and names  # the default: every categorical
+    dataset = load_dataset(serve_data["dataset"])
+    store = SqliteStore(tmp_path / "s.db", [c.name for c in info.manifest.cross_numerics],
+                        context_length(info.sequence_config))
+    bootstrap_raw(store, serve_data["dataset"])
+    seqs = user_sequences(store.get_user(int(heavy_users(dataset, 1)[0])), 10_000, info.manifest,
+                          info.sequence_config)
+    candidates = torch.arange(1, 21)
+    _, expl = Scorer(model).score(seqs.long, seqs.short, candidates, explain=5)
+    assert expl is not None and expl.match_names == names
+    entry_items = seqs.long.item_id[0][expl.positions.clamp_min(0)]  # [B, m]
+    for f, name in enumerate(names):
+        codes = model.features.item_category(name)
+        expected = (codes[entry_items] == codes[candidates][:, None]) & (codes[candidates][:, None] != 0)
+        assert torch.equal(expl.matched[..., f], expected & (expl.positions >= 0))
+    assert bool(expl.matched.any()) and not bool(expl.matched.all())  # the check can fail both ways

@@ -123,3 +123,26 @@ def test_save_checkpoint_is_atomic(saved, tmp_path, monkeypatch, dataset):
         save_checkpoint(target, model, config=cfg, sequence_config=SequenceConfig(long_len=5), split=split,
                         dataset=dataset, compressed_path=None, train_state={})
     assert target.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["a.pt"]
+
+
+def test_checkpoint_from_before_the_relevance_option_loads_as_the_paper_score(saved, tmp_path):
+    """Files written before ``relevance`` existed hold the paper's score (no match weights) and still load,
+    although the default is now ``match``."""
+    path, _, batch, *_ = saved
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload["model_config"] = {k: v for k, v in payload["model_config"].items()
+                               if k not in ("relevance", "match_init", "match_features")}
+    payload["train_config"]["model"] = dict(payload["model_config"])
+    state = payload["model_state"]
+    for key in [k for k in state if ".match." in k]:
+        del state[key]
+    old = tmp_path / "old.pt"
+    torch.save(payload, old)
+    loaded, info = load_checkpoint(old)
+    assert info.config.model.relevance == "paper" and loaded.long_term.twin.match is None
+    from twinv2.checkpoints import load_model
+
+    served, served_info = load_model(old)
+    assert served_info.model_config.relevance == "paper"
+    with torch.no_grad():
+        torch.testing.assert_close(served(batch), loaded(batch))

@@ -27,10 +27,11 @@ import torch
 from torch import nn
 
 from twinv2.data.batches import SequenceBatch
-from twinv2.models.embeddings import FeatureEmbeddings
+from twinv2.models.embeddings import AttentionEmbeddings, FeatureEmbeddings
 
 __all__ = [
     "MLP",
+    "ExactMatch",
     "FeaturePReLU",
     "GsuTrace",
     "MultiHeadTargetAttention",
@@ -42,6 +43,7 @@ __all__ = [
     "gather_positions",
     "masked_softmax",
     "reference_esu",
+    "reference_match",
     "reference_topk_merge",
     "reference_twin_scores",
     "topk_merge",
@@ -230,17 +232,21 @@ class MultiHeadTargetAttention(nn.Module):
     def out_dim(self) -> int:
         return self.num_heads * self.head_dim
 
+    def weights(self, alpha: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The attention weights: alpha float ``[B, K, H]``, mask bool ``[B, K]`` -> float ``[B, K, H]``
+        (the softmax over the real items, joined by the null slot when there is one, whose share is dropped)."""
+        if self.null_logit is None:
+            return masked_softmax(alpha, mask)
+        B, K, H = alpha.shape
+        joined = torch.cat([alpha, self.null_logit.expand(B, 1, H)], dim=1)  # [B, K + 1, H]
+        return masked_softmax(joined, torch.cat([mask, mask.new_ones(B, 1)], dim=1))[:, :K]
+
     def forward(self, alpha: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """alpha float ``[B, K, H]``, values ``[B, K, D]``, mask bool ``[B, K]`` -> float ``[B, H * d_v]``.
 
         A row without any real item yields zeros (W_o has no bias)."""
-        B, K, H = alpha.shape
-        if self.null_logit is not None:
-            alpha = torch.cat([alpha, self.null_logit.expand(B, 1, H)], dim=1)  # [B, K + 1, H]
-            mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
-            weights = masked_softmax(alpha, mask)[:, :K]  # the null slot's value is zero: drop its weight
-        else:
-            weights = masked_softmax(alpha, mask)  # [B, K, H]
+        B = alpha.shape[0]
+        weights = self.weights(alpha, mask)  # [B, K, H]
         pooled = torch.bmm(weights.transpose(1, 2), values)  # [B, H, D]
         heads = torch.bmm(pooled.transpose(0, 1), self.value_weight)  # [H, B, d_v]
         return self.out(heads.transpose(0, 1).reshape(B, -1))  # concat heads: [B, H * d_v]
@@ -268,20 +274,53 @@ class TargetAttention(nn.Module):
         return self.attention(alpha, keys, seq.mask)
 
 
+class ExactMatch(nn.Module):
+    """The attribute-aware term: ``match_a = sum_f gamma[f, a] * 1[target's value of f == behavior's]``.
+
+    ``f`` runs over inherent categoricals (category, author, ...); code 0 (unknown) never matches. A virtual
+    item carries its representative's values (with clusters split by a categorical, those are every
+    member's). The term joins alpha in both stages, so GSU and ESU stay consistent; it is cacheable at
+    serving time (the behaviors' codes are per item). ``gamma`` (``[F, H]``) starts at ``init``.
+    """
+
+    def __init__(self, features: FeatureEmbeddings, names: tuple[str, ...], num_heads: int, init: float):
+        super().__init__()
+        located = [features.categorical_column(name) for name in names]
+        self.names = tuple(names)
+        self.register_buffer("columns", torch.tensor([c for c, _ in located], dtype=torch.int64), persistent=False)
+        self.register_buffer("unknown_rows", torch.tensor([r for _, r in located], dtype=torch.int64),
+                             persistent=False)
+        self.weight = nn.Parameter(torch.full((len(names), num_heads), float(init)))  # gamma
+
+    def codes(self, features: FeatureEmbeddings, item_id: torch.Tensor) -> torch.Tensor:
+        """The items' values as feature rows: int64 ``[...]`` ids -> int64 ``[..., F]`` (equal row = equal value)."""
+        return features.item_feature_rows[item_id].index_select(-1, self.columns)
+
+    def forward(self, target_codes: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """target_codes int64 ``[B, F]``, behaviors' codes ``[B, L, F]`` -> float ``[B, L, H]``."""
+        equal = (codes == target_codes[:, None]) & (target_codes != self.unknown_rows)[:, None]  # [B, L, F]
+        return equal.to(self.weight.dtype) @ self.weight
+
+
 @dataclass
 class GsuTrace:
-    """The GSU's choice and the parts of its score (see :meth:`TwinAttention.trace`).
+    """The GSU's choice, the parts of its score and the ESU's weights (see :meth:`TwinAttention.trace`).
 
     Attributes:
         index: int64 ``[B, K]`` chosen positions (walk order); valid: bool ``[B, K]`` real behaviors.
         relevance: float ``[B, L, H]`` the target-aware term ``(K_h W_h)(q W_q)^T / sqrt(d_k)``.
         cross_bias: float ``[B, L, H]`` the per-behavior bias ``(K_c W_c) beta``.
+        match: float ``[B, L, H]`` the exact-match term (zeros under ``relevance: paper``).
+        esu_weight: float ``[B, K, H]`` the ESU's softmax weight of each chosen position (``ln n``
+            included; 0 at padding; the null slot's share, if any, is what is missing from 1).
     """
 
     index: torch.Tensor
     valid: torch.Tensor
     relevance: torch.Tensor
     cross_bias: torch.Tensor
+    match: torch.Tensor
+    esu_weight: torch.Tensor
 
 
 class TwinAttention(nn.Module):
@@ -291,62 +330,102 @@ class TwinAttention(nn.Module):
     The GSU runs without autograd: the choice is hard and gets no gradient, and the ESU recomputes the
     (identical) scores of the k chosen behaviors with autograd. So backward touches k behaviors, not L,
     and no L-long activation is kept for it.
+
+    Options beyond the paper (each off gives the paper's form): ``match_features`` adds the
+    :class:`ExactMatch` term to alpha; ``attention_dim`` gives the score its own embedding tables (DARE's
+    :class:`~twinv2.models.embeddings.AttentionEmbeddings`) instead of the representation's K_h. Values are
+    always the representation's ``[K_h, K_c]``.
     """
 
     def __init__(self, features: FeatureEmbeddings, num_heads: int, head_dim: int, init: str = "xavier",
-                 beta_init: float = 1.0, null_slot: bool = False, input_std: float = 0.05):
+                 beta_init: float = 1.0, null_slot: bool = False, input_std: float = 0.05,
+                 match_features: tuple[str, ...] = (), match_init: float = 1.0, attention_dim: int | None = None):
         super().__init__()
-        self.score = RelevanceScore(features.inherent_dim, features.inherent_dim, num_heads, head_dim,
-                                    num_cross=features.num_cross, cross_dim=features.feature_dim, init=init,
-                                    beta_init=beta_init, input_std=input_std)
+        self.keys = None if attention_dim is None else AttentionEmbeddings(features, attention_dim, input_std)
+        key_dim = features.inherent_dim if self.keys is None else self.keys.dim
+        self.score = RelevanceScore(key_dim, key_dim, num_heads, head_dim, num_cross=features.num_cross,
+                                    cross_dim=features.feature_dim, init=init, beta_init=beta_init,
+                                    input_std=input_std)
+        self.match = ExactMatch(features, match_features, num_heads, match_init) if match_features else None
         self.attention = MultiHeadTargetAttention(features.full_dim, num_heads, head_dim, null_slot=null_slot)
 
     @property
     def out_dim(self) -> int:
         return self.attention.out_dim
 
+    def embedding_parameters(self) -> list[nn.Parameter]:
+        """The score's own embedding tables (DARE), for the embedding optimiser; empty otherwise."""
+        return [] if self.keys is None else self.keys.embedding_parameters()
+
+    def key_blocks(self, features: FeatureEmbeddings, item_id: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The score's key for items ``[...]``, as column blocks: K_h, or DARE's attention embedding."""
+        return features.inherent_blocks(item_id) if self.keys is None else self.keys.blocks(features, item_id)
+
+    def score_query(self, features: FeatureEmbeddings, query: torch.Tensor, target_item: torch.Tensor
+                    ) -> torch.Tensor:
+        """The query the score reads: ``query`` (K_h of the target, ``[B, D_h]``) or its attention embedding."""
+        return query if self.keys is None else torch.cat(self.keys.blocks(features, target_item), dim=-1)
+
+    def target_codes(self, features: FeatureEmbeddings, target_item: torch.Tensor) -> torch.Tensor | None:
+        """The target's matched values (int64 ``[B, F]``), or None without the match term."""
+        return None if self.match is None else self.match.codes(features, target_item)
+
     def scores(self, features: FeatureEmbeddings, kernel: torch.Tensor, table: torch.Tensor,
-               item_id: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """alpha (no ln n, no mask): kernel ``[B, D_h, H]``, table ``[R_c, H]``, item_id ``[B, L]``,
-        rows ``[B, L, J]`` -> float ``[B, L, H]``."""
-        return self.score(features.inherent_blocks(item_id), kernel, cross_bias(table, rows))
+               item_id: torch.Tensor, rows: torch.Tensor, target_codes: torch.Tensor | None = None) -> torch.Tensor:
+        """alpha (no ln n, no mask): kernel ``[B, D_k, H]``, table ``[R_c, H]``, item_id ``[B, L]``,
+        rows ``[B, L, J]``, target_codes ``[B, F]`` (needed with the match term) -> float ``[B, L, H]``."""
+        alpha = self.score(self.key_blocks(features, item_id), kernel, cross_bias(table, rows))
+        if self.match is not None:
+            alpha = alpha + self.match(target_codes, self.match.codes(features, item_id))
+        return alpha
 
     @torch.no_grad()
-    def trace(self, features: FeatureEmbeddings, query: torch.Tensor, seq: SequenceBatch, k: int,
-              use_log_size: bool) -> GsuTrace:
-        """What the GSU sees and picks, for diagnostics: the same scores and merge as :meth:`forward`.
+    def trace(self, features: FeatureEmbeddings, query: torch.Tensor, target_item: torch.Tensor,
+              seq: SequenceBatch, k: int, use_log_size: bool) -> GsuTrace:
+        """What the GSU sees and picks and how the ESU weighs it, for diagnostics: the same scores, merge and
+        softmax as :meth:`forward`.
 
-        query float ``[B, D_h]``, seq ``[B, L]`` -> :class:`GsuTrace` with the ``min(k, L)`` chosen
-        positions and the two terms of alpha over the whole sequence (before ``ln n`` and masking).
+        query float ``[B, D_h]``, target_item int64 ``[B]``, seq ``[B, L]`` -> :class:`GsuTrace` with the
+        ``min(k, L)`` chosen positions, the terms of alpha over the whole sequence (before ``ln n`` and
+        masking) and the ESU weights of the chosen.
         """
-        kernel = self.score.query_kernel(query)  # [B, D_h, H]
+        kernel = self.score.query_kernel(self.score_query(features, query, target_item))  # [B, D_k, H]
         table = features.cross_projection_table(self.score.cross_weights())  # [R_c, H]
-        relevance = self.score(features.inherent_blocks(seq.item_id), kernel)  # [B, L, H]
+        relevance = self.score(self.key_blocks(features, seq.item_id), kernel)  # [B, L, H]
         bias = cross_bias(table, features.cross_rows(seq.cross))  # [B, L, H]
-        alpha = cluster_aware_scores(relevance + bias, seq.size, seq.mask, use_log_size)
+        match = torch.zeros_like(relevance) if self.match is None else \
+            self.match(self.target_codes(features, target_item), self.match.codes(features, seq.item_id))
+        alpha = cluster_aware_scores(relevance + bias + match, seq.size, seq.mask, use_log_size)
         index, valid = topk_merge(alpha, seq.mask, k)
-        return GsuTrace(index=index, valid=valid, relevance=relevance, cross_bias=bias)
+        chosen = alpha.gather(1, index[..., None].expand(-1, -1, alpha.shape[-1]))
+        return GsuTrace(index=index, valid=valid, relevance=relevance, cross_bias=bias, match=match,
+                        esu_weight=self.attention.weights(chosen, valid))
 
-    def forward(self, features: FeatureEmbeddings, query: torch.Tensor, seq: SequenceBatch, k: int,
-                use_log_size: bool) -> torch.Tensor:
-        """GSU over ``seq`` ``[B, L]`` keeping ``k``, then the ESU: -> float ``[B, H * d_v]``."""
+    def forward(self, features: FeatureEmbeddings, query: torch.Tensor, target_item: torch.Tensor,
+                seq: SequenceBatch, k: int, use_log_size: bool) -> torch.Tensor:
+        """GSU over ``seq`` ``[B, L]`` keeping ``k``, then the ESU: query ``[B, D_h]`` (the target's K_h),
+        target_item int64 ``[B]`` -> float ``[B, H * d_v]``."""
         L = seq.item_id.shape[1]
-        kernel = self.score.query_kernel(query)  # [B, D_h, H]
+        kernel = self.score.query_kernel(self.score_query(features, query, target_item))  # [B, D_k, H]
         table = features.cross_projection_table(self.score.cross_weights())  # [R_c, H]
+        target_codes = self.target_codes(features, target_item)
         rows = features.cross_rows(seq.cross)  # [B, L, J]
         if k < L:
             with torch.no_grad():
-                alpha = self.scores(features, kernel, table, seq.item_id, rows)
+                alpha = self.scores(features, kernel, table, seq.item_id, rows, target_codes)
                 alpha = cluster_aware_scores(alpha, seq.size, seq.mask, use_log_size)
                 index, _ = topk_merge(alpha, seq.mask, k)  # [B, k]
             chosen = gather_positions(seq, index)
             rows = rows.gather(1, index[..., None].expand(-1, -1, rows.shape[-1]))
         else:  # the whole sequence fits in the ESU: nothing to choose
             chosen = seq
-        keys = features.inherent(chosen.item_id)  # [B, k, D_h]
-        alpha = cluster_aware_scores(self.score(keys, kernel, cross_bias(table, rows)), chosen.size,
-                                     chosen.mask, use_log_size)
-        values = torch.cat([keys, features.cross(rows)], dim=-1)  # [B, k, D_h + J F]
+        inherent = features.inherent(chosen.item_id)  # [B, k, D_h]: the values' first block
+        keys = inherent if self.keys is None else self.keys.blocks(features, chosen.item_id)
+        alpha = self.score(keys, kernel, cross_bias(table, rows))
+        if self.match is not None:
+            alpha = alpha + self.match(target_codes, self.match.codes(features, chosen.item_id))
+        alpha = cluster_aware_scores(alpha, chosen.size, chosen.mask, use_log_size)  # [B, k, H]
+        values = torch.cat([inherent, features.cross(rows)], dim=-1)  # [B, k, D_h + J F]
         return self.attention(alpha, values, chosen.mask)
 
 
@@ -426,6 +505,16 @@ def reference_twin_scores(keys: list[list[float]], cross: list[list[list[float]]
             row.append(inherent + bias)
         out.append(row)
     return out
+
+
+def reference_match(target_codes: list[int], codes: list[list[int]], unknown: list[int],
+                    weight: list[list[float]]) -> list[list[float]]:
+    """The exact-match term for one sample, loop by loop: ``out[i][a] = sum_f weight[f][a] *
+    [target_codes[f] == codes[i][f] and target_codes[f] != unknown[f]]``."""
+    H = len(weight[0]) if weight else 0
+    return [[sum(weight[f][a] for f in range(len(target_codes))
+                 if target_codes[f] == codes[i][f] and target_codes[f] != unknown[f]) for a in range(H)]
+            for i in range(len(codes))]
 
 
 def reference_esu(alpha: list[list[float]], values: list[list[float]], mask: list[bool], sizes: list[float],

@@ -36,6 +36,10 @@ class LongTermModule(nn.Module, abc.ABC):
         """query float ``[B, D_h]`` (the target's inherent features), target_item int64 ``[B]``,
         seq ``[B, L]`` -> float ``[B, out_dim]``."""
 
+    def embedding_parameters(self) -> list[nn.Parameter]:
+        """Embedding tables the module owns beyond the shared ones (none by default)."""
+        return []
+
 
 class RetrieveThenAttend(LongTermModule):
     """Two-stage baselines whose GSU is a separate, non-learned search (SIM, ETA): the GSU scores every

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from twinv2.errors import ConfigError
 
-__all__ = ["LONG_TERM_NAMES", "ModelConfig"]
+__all__ = ["LONG_TERM_NAMES", "RELEVANCE_NAMES", "ModelConfig"]
 
 # Names of the long-term modules, in the order the docs and benchmarks list them.
-LONG_TERM_NAMES = ("twinv2", "twin", "sim_soft", "sim_hard", "eta", "sdim", "din", "avg_pool")
+LONG_TERM_NAMES = ("twinv2", "twin", "dare", "sim_soft", "sim_hard", "eta", "sdim", "din", "avg_pool")
+# The relevance scores of the learned GSU (twin, twinv2, dare): see RELEVANCE in docs/models.md.
+RELEVANCE_NAMES = ("paper", "match")
 
 
 @dataclass(frozen=True)
@@ -26,7 +29,7 @@ class ModelConfig:
         4
     """
 
-    long_term: str = "twinv2"  # twinv2 | twin | sim_soft | sim_hard | eta | sdim | din | avg_pool
+    long_term: str = "twinv2"  # twinv2 | twin | dare | sim_soft | sim_hard | eta | sdim | din | avg_pool
     # Item id embedding width. The papers use 64 at Kuaishou's scale; here 8, chosen on validation GAUC
     # (docs/models.md): most ids are seen a handful of times, and 64 dims of barely trained id embedding
     # outweigh the 8-dim category/author blocks in TWIN's dot-product score.
@@ -46,6 +49,19 @@ class ModelConfig:
     score_init: str = "aligned"
     cross_beta_init: float = 1.0
     esu_null_slot: bool = False  # twin/twinv2 ESU: a learned "nothing relevant" slot joins the softmax
+    # The learned GSU's score (twin, twinv2, dare). "paper": TWIN's alpha exactly as published. "match": alpha
+    # plus gamma[f, a] * 1[target's categorical f == behavior's] for every categorical in `match_features`
+    # (None = every inherent categorical of the dataset; code 0 never matches), in both stages, so GSU and
+    # ESU stay consistent. gamma starts at `match_init`: a large start also makes the ESU selective (its
+    # softmax concentrates on the matching behaviors); chosen on validation GAUC (docs/models.md).
+    relevance: str = "match"
+    match_init: float = 5.0
+    match_features: tuple[str, ...] | None = None
+    # DARE (Feng et al., ICLR 2025): the learned score reads its own embedding tables (item id of
+    # `attention_dim`, each side feature of `feature_dim`), separate from the representation tables the ESU
+    # values, the short-term module and the MLP use. Always on for long_term="dare".
+    attention_embeddings: bool = False
+    attention_dim: int = 16
     # Numeric bucketisation (see embeddings.py): features named here are ratios in [0, 1] (uniform buckets);
     # every other numeric gets signed log2 buckets. `label` is a ratio because virtual items carry its mean.
     ratio_features: tuple[str, ...] = ("completion_ratio", "label")
@@ -66,9 +82,14 @@ class ModelConfig:
         # Coerce sequences from YAML/JSON (lists) to tuples so the frozen config stays hashable.
         object.__setattr__(self, "mlp_dims", tuple(self.mlp_dims))
         object.__setattr__(self, "ratio_features", tuple(self.ratio_features))
+        if self.match_features is not None:
+            if isinstance(self.match_features, str) or not all(isinstance(f, str) for f in self.match_features):
+                raise ConfigError(f"model config 'match_features' must be null or a list of names, "
+                                  f"got {self.match_features!r}")
+            object.__setattr__(self, "match_features", tuple(self.match_features))
         positive = ("id_dim", "feature_dim", "num_heads", "head_dim", "esu_size", "short_len", "din_len",
                     "ratio_buckets", "log_buckets_per_octave", "eta_hash_bits", "sdim_num_hashes",
-                    "sdim_hash_bits")
+                    "sdim_hash_bits", "attention_dim")
         for name in positive:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -81,16 +102,31 @@ class ModelConfig:
         if self.score_init not in ("xavier", "aligned", "matched"):
             raise ConfigError(f"model config 'score_init' must be 'xavier', 'aligned' or 'matched', "
                               f"got {self.score_init!r}")
+        if self.relevance not in RELEVANCE_NAMES:
+            raise ConfigError(f"model config 'relevance' must be one of {', '.join(RELEVANCE_NAMES)}, "
+                              f"got {self.relevance!r}")
+        if isinstance(self.match_init, bool) or not isinstance(self.match_init, (int, float)) \
+                or not math.isfinite(self.match_init):
+            raise ConfigError(f"model config 'match_init' must be a finite number, got {self.match_init!r}")
+        if not isinstance(self.attention_embeddings, bool):
+            raise ConfigError(f"model config 'attention_embeddings' must be true or false, "
+                              f"got {self.attention_embeddings!r}")
         if not self.embedding_std > 0:
             raise ConfigError(f"model config 'embedding_std' must be > 0, got {self.embedding_std!r}")
         if not isinstance(self.use_log_size, bool):
             raise ConfigError(f"model config 'use_log_size' must be true or false, got {self.use_log_size!r}")
+
+    @property
+    def decoupled_attention(self) -> bool:
+        """Whether the learned score reads its own (DARE) embedding tables: ``dare``, or the option."""
+        return self.attention_embeddings or self.long_term == "dare"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-friendly dict (tuples become lists)."""
         d = dataclasses.asdict(self)
         d["mlp_dims"] = list(self.mlp_dims)
         d["ratio_features"] = list(self.ratio_features)
+        d["match_features"] = None if self.match_features is None else list(self.match_features)
         return d
 
     @classmethod

@@ -18,6 +18,7 @@ from twinv2.models.attention import MLP, TargetAttention
 from twinv2.models.avg_pool import AvgPoolLongTerm
 from twinv2.models.base import LongTermModule
 from twinv2.models.config import LONG_TERM_NAMES, ModelConfig
+from twinv2.models.dare import DareLongTerm
 from twinv2.models.din import DinLongTerm
 from twinv2.models.embeddings import FeatureEmbeddings
 from twinv2.models.eta import EtaLongTerm
@@ -31,6 +32,7 @@ __all__ = ["LONG_TERM_MODULES", "CTRModel", "build_model"]
 LONG_TERM_MODULES: dict[str, type[LongTermModule]] = {
     "twinv2": TwinV2LongTerm,
     "twin": TwinLongTerm,
+    "dare": DareLongTerm,
     "sim_soft": SimSoftLongTerm,
     "sim_hard": SimHardLongTerm,
     "eta": EtaLongTerm,
@@ -85,8 +87,8 @@ class CTRModel(nn.Module):
         return self.long_term.long_source
 
     def embedding_parameters(self) -> list[nn.Parameter]:
-        """The embedding tables (the paper trains them with Adagrad)."""
-        return self.features.embedding_parameters()
+        """The embedding tables (the paper trains them with Adagrad), DARE's attention tables included."""
+        return self.features.embedding_parameters() + self.long_term.embedding_parameters()
 
     def dense_parameters(self) -> list[nn.Parameter]:
         """Every other trainable parameter (the paper trains them with Adam)."""

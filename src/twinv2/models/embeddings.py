@@ -34,7 +34,7 @@ from twinv2.data.schema import Manifest
 from twinv2.errors import ConfigError, DataValidationError
 from twinv2.models.config import ModelConfig
 
-__all__ = ["FeatureEmbeddings", "log_buckets", "num_log_buckets", "ratio_buckets"]
+__all__ = ["AttentionEmbeddings", "FeatureEmbeddings", "log_buckets", "num_log_buckets", "ratio_buckets"]
 
 _LOG_OCTAVES = 32  # |x| < 2**32 gets its own bucket; larger magnitudes share the last one
 
@@ -221,6 +221,42 @@ class FeatureEmbeddings(nn.Module):
         col = self.categorical_names.index(name)
         return self.item_feature_rows[:, col] - self._side_offsets[name]
 
+    def categorical_column(self, name: str) -> tuple[int, int]:
+        """Where inherent categorical ``name`` sits: (its column in ``item_feature_rows``, the row its code 0
+        maps to). Two items share a value exactly when their rows in that column are equal."""
+        if name not in self.categorical_names:
+            raise ConfigError(f"item feature {name!r} is not an inherent categorical of this dataset; "
+                              f"available: {self.categorical_names or 'none'}")
+        return self.categorical_names.index(name), self._side_offsets[name]
+
     def embedding_parameters(self) -> list[nn.Parameter]:
         """The embedding tables (trained with the sparse-friendly optimiser, e.g. Adagrad)."""
         return [self.id_embedding.weight, self.item_feature_embedding.weight, self.cross_embedding.weight]
+
+
+class AttentionEmbeddings(nn.Module):
+    """DARE's decoupled attention embeddings (Feng et al., ICLR 2025, arXiv 2410.02604): tables read only by
+    the learned relevance score, separate from the representation tables of :class:`FeatureEmbeddings`.
+
+    Item ids get ``id_dim`` columns, each item side feature ``features.feature_dim``; the side rows are the
+    same bucket rows as the representation's (``features.item_feature_rows``), so a virtual item's key is its
+    representative's, as for the representation. ``dim = id_dim + feature_dim * S``.
+    """
+
+    def __init__(self, features: FeatureEmbeddings, id_dim: int, std: float):
+        super().__init__()
+        self.id_embedding = nn.Embedding(features.num_items + 1, id_dim, padding_idx=0)
+        self.side_embedding = nn.Embedding(features.item_feature_embedding.num_embeddings, features.feature_dim)
+        self.dim = id_dim + features.feature_dim * features.item_feature_rows.shape[1]
+        for table in (self.id_embedding, self.side_embedding):
+            nn.init.normal_(table.weight, std=std)
+        with torch.no_grad():
+            self.id_embedding.weight[0].zero_()
+
+    def blocks(self, features: FeatureEmbeddings, item_id: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The attention key as two column blocks: ids ``[...]`` -> (``[..., id_dim]``, ``[..., S * F]``)."""
+        side = self.side_embedding(features.item_feature_rows[item_id])  # [..., S, F]
+        return self.id_embedding(item_id), side.flatten(-2)
+
+    def embedding_parameters(self) -> list[nn.Parameter]:
+        return [self.id_embedding.weight, self.side_embedding.weight]

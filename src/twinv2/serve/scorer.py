@@ -31,7 +31,7 @@ import torch
 from twinv2.data.batches import Batch, SequenceBatch
 from twinv2.errors import ConfigError
 from twinv2.models import CTRModel
-from twinv2.models.attention import cluster_aware_scores, cross_bias, masked_softmax, topk_merge
+from twinv2.models.attention import ExactMatch, cluster_aware_scores, cross_bias, topk_merge
 from twinv2.models.twin import TwinLongTerm
 
 __all__ = ["Explanation", "ProjectionCache", "Scorer"]
@@ -42,9 +42,13 @@ _CACHE_BLOCK = 65_536  # items per block when building the cache (bounds the [bl
 class ProjectionCache:
     """``K_h W_h`` of every item and head, plus the cross-bias table, for one model version.
 
+    With DARE's decoupled attention embeddings the cached key is the attention table's projection
+    (``K_att W_h``); with the exact-match term each item's matched values are cached too.
+
     Attributes:
         key_proj: float32 ``[H, N + 1, d_k]`` (row 0 = the padding / unknown item).
         cross_table: float32 ``[R_c, H]`` each cross bucket's bias per head.
+        match_codes: int64 ``[N + 1, F]`` each item's matched values (feature rows), or None.
     """
 
     def __init__(self, model: CTRModel):
@@ -55,9 +59,12 @@ class ProjectionCache:
             blocks = []
             for start in range(0, n, _CACHE_BLOCK):
                 ids = torch.arange(start, min(n, start + _CACHE_BLOCK))
-                blocks.append(twin.score.project_keys(features.inherent(ids)))  # [H, block, d_k]
+                keys = torch.cat(twin.key_blocks(features, ids), dim=-1)  # [block, D_k]
+                blocks.append(twin.score.project_keys(keys))  # [H, block, d_k]
             self.key_proj = torch.cat(blocks, dim=1).contiguous()  # [H, N + 1, d_k]
             self.cross_table = features.cross_projection_table(twin.score.cross_weights()).contiguous()
+            self.match_codes = None if twin.match is None else \
+                twin.match.codes(features, torch.arange(n)).contiguous()
 
     @property
     def num_items(self) -> int:
@@ -66,8 +73,8 @@ class ProjectionCache:
 
     @property
     def nbytes(self) -> int:
-        return self.key_proj.numel() * self.key_proj.element_size() + \
-            self.cross_table.numel() * self.cross_table.element_size()
+        tensors = [self.key_proj, self.cross_table] + ([] if self.match_codes is None else [self.match_codes])
+        return sum(t.numel() * t.element_size() for t in tensors)
 
 
 @dataclass
@@ -77,10 +84,14 @@ class Explanation:
     Attributes:
         positions: int64 ``[B, m]`` positions in the long sequence (``-1`` where fewer than m exist).
         weights: float32 ``[B, m]`` ESU weight (softmax of ``alpha + ln n``, averaged over heads).
+        matched: bool ``[B, m, F]`` which of the exact-match term's categoricals the entry shares with the
+            candidate (``F = 0`` without the term); match_names: their names, in order.
     """
 
     positions: torch.Tensor
     weights: torch.Tensor
+    matched: torch.Tensor
+    match_names: tuple[str, ...] = ()
 
 
 def _map(seq: SequenceBatch, fn: Callable[[torch.Tensor], torch.Tensor]) -> SequenceBatch:
@@ -119,16 +130,15 @@ def _gsu_merge(alpha: torch.Tensor, k: int) -> torch.Tensor:
     return union.gather(1, index)
 
 
-def _esu_weights(attention: torch.nn.Module, alpha: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The ESU's attention weights ``[c, k, H]`` as :class:`MultiHeadTargetAttention` forms them: the
-    softmax over the real items, joined by the learned "nothing relevant" slot when the model has one."""
-    null = getattr(attention, "null_logit", None)
-    if null is None:
-        return masked_softmax(alpha, mask)
-    c, k, H = alpha.shape
-    joined = masked_softmax(torch.cat([alpha, null.expand(c, 1, H)], dim=1),
-                            torch.cat([mask, mask.new_ones(c, 1)], dim=1))
-    return joined[:, :k]
+def _match_scores(match: ExactMatch, cand_codes: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """The exact-match term laid out for the GSU: candidates' values int64 ``[c, F]``, behaviors' ``[n, F]``
+    -> float ``[H, c, n]``, one comparison per feature (no ``[c, n, F]`` temporary)."""
+    out = None
+    for f in range(codes.shape[1]):
+        equal = (cand_codes[:, f, None] == codes[None, :, f]) & (cand_codes[:, f, None] != match.unknown_rows[f])
+        term = match.weight[f][:, None, None] * equal.to(match.weight.dtype)  # [H, c, n]
+        out = term if out is None else out + term
+    return out
 
 
 class Scorer:
@@ -186,7 +196,7 @@ class Scorer:
         """
         if not self.cached:
             if explain:
-                raise ConfigError("explanations need a twin or twinv2 model")
+                raise ConfigError("explanations need a twin, twinv2 or dare model")
             return self.score_forward(long, short, candidates), None
         assert self.cache is not None
         model, features = self.model, self.model.features
@@ -198,17 +208,22 @@ class Scorer:
         real = torch.nonzero(long.mask[0]).squeeze(1)  # [n] positions of real entries
         n = len(real)
         seq = _take(long, real if n else torch.zeros(1, dtype=torch.int64))  # [1, n] (or one padding)
-        # Per request, once for all candidates: the behaviors' full features, cross bias and ln n.
+        # Per request, once for all candidates: the behaviors' full features, score keys, cross bias, ln n
+        # and matched values.
         rows = features.cross_rows(seq.cross)  # [1, n, J]
         D_h = features.inherent_dim
-        values = features.full(seq.item_id, rows)[0]  # [n, D]: K = [K_h, K_c], the ESU's keys and values
+        values = features.full(seq.item_id, rows)[0]  # [n, D]: K = [K_h, K_c], the ESU's values
+        score_keys = values[:, :D_h] if twin.keys is None else torch.cat(twin.key_blocks(features, seq.item_id[0]), -1)
         bias = cross_bias(self.cache.cross_table, rows)[0]  # [n, H]
+        codes = None if self.cache.match_codes is None else self.cache.match_codes[seq.item_id[0]]  # [n, F]
+        cand_codes = None if codes is None else self.cache.match_codes[candidates]  # [B, F]
         if n > k:
             # GSU keys: cached projections plus one column for the bias and ln n: [H, d_k + 1, n].
             gsu_bias = cluster_aware_scores(bias[None], seq.size, seq.mask, use_log)[0]  # [n, H]
             keys = torch.cat([self.cache.key_proj[:, seq.item_id[0]], gsu_bias.t()[..., None]], dim=2)
             keys_t = keys.transpose(1, 2).contiguous()  # [H, d_k + 1, n]
         query = features.inherent(candidates)  # [B, D_h]
+        score_query = twin.score_query(features, query, candidates)  # [B, D_k]
         # The short sequence is the same for every candidate: its keys are computed once, then the
         # short-term module's own score and attention run per chunk (TargetAttention.forward, keys hoisted).
         short_seq = _map(short, lambda t: t[:, :model.config.short_len])  # as CTRModel.forward truncates
@@ -217,12 +232,18 @@ class Scorer:
         # GSU in small chunks (their [H, chunk, n] scores stay in cache), then the ESU, short-term module and
         # MLP in larger chunks (fewer, bigger operations).
         if n > k and B:
-            index = torch.cat([_gsu_merge(torch.bmm(torch.cat([twin.score.project_query(q), torch.ones(H, len(q), 1)],
-                                                              dim=2), keys_t), k)  # [H, c, n] -> [c, k]
-                               for q in query.split(self.chunk)])
+            chunks = []
+            for start in range(0, B, self.chunk):
+                q = score_query[start:start + self.chunk]
+                ones = torch.ones(H, len(q), 1)
+                alpha = torch.bmm(torch.cat([twin.score.project_query(q), ones], dim=2), keys_t)  # [H, c, n]
+                if codes is not None:
+                    alpha = alpha + _match_scores(twin.match, cand_codes[start:start + self.chunk], codes)
+                chunks.append(_gsu_merge(alpha, k))  # [c, k]
+            index = torch.cat(chunks)
         else:  # the whole sequence fits in the ESU, as in TwinAttention.forward
             index = torch.arange(seq.item_id.shape[1]).expand(B, -1)
-        logits, expl_pos, expl_w = [], [], []
+        logits, expl_pos, expl_w, expl_match = [], [], [], []
         for start in range(0, B, self.esu_chunk):
             q = query[start:start + self.esu_chunk]  # [c, D_h]
             idx = index[start:start + self.esu_chunk]  # [c, k]
@@ -230,23 +251,34 @@ class Scorer:
             # ESU over the chosen behaviors: the model's modules, as in TwinAttention.forward.
             chosen_values = values[idx]  # [c, k, D]
             chosen_mask = seq.mask[0][idx]
-            kernel = twin.score.query_kernel(q)  # [c, D_h, H]
-            esu_alpha = cluster_aware_scores(twin.score(chosen_values[..., :D_h], kernel, bias[idx]),
-                                             seq.size[0][idx], chosen_mask, use_log)  # [c, k, H]
+            kernel = twin.score.query_kernel(score_query[start:start + self.esu_chunk])  # [c, D_k, H]
+            alpha = twin.score(score_keys[idx], kernel, bias[idx])  # [c, k, H]
+            if codes is not None:
+                alpha = alpha + twin.match(cand_codes[start:start + self.esu_chunk], codes[idx])
+            esu_alpha = cluster_aware_scores(alpha, seq.size[0][idx], chosen_mask, use_log)  # [c, k, H]
             long_out = twin.attention(esu_alpha, chosen_values, chosen_mask)  # [c, H * d_v]
             sk = short_keys.expand(c, -1, -1)  # [c, S, D]
             short_out = st.attention(st.score(sk, st.score.query_kernel(q)), sk, short_seq.mask.expand(c, -1))
             logits.append(model.head(torch.cat([q, long_out, short_out], dim=-1)).squeeze(-1))
             if explain:
-                weight = _esu_weights(twin.attention, esu_alpha, chosen_mask).mean(dim=2)  # [c, k]
+                weight = twin.attention.weights(esu_alpha, chosen_mask).mean(dim=2)  # [c, k]
                 m = min(explain, weight.shape[1])
                 top_w, top_i = weight.topk(m, dim=1)
                 pos = real[idx.gather(1, top_i)] if n else torch.full_like(top_i, -1)
                 pos = torch.where(top_w > 0, pos, torch.full_like(pos, -1))
                 expl_pos.append(pos)
                 expl_w.append(top_w)
+                if codes is None:
+                    expl_match.append(torch.zeros(c, m, 0, dtype=torch.bool))
+                else:
+                    entry_codes = codes[idx.gather(1, top_i)]  # [c, m, F]
+                    cand = cand_codes[start:start + self.esu_chunk, None]  # [c, 1, F]
+                    expl_match.append((entry_codes == cand) & (cand != twin.match.unknown_rows) & (pos >= 0)[..., None])
         out = torch.cat(logits) if logits else torch.zeros(0)
         if not explain:
             return out, None
-        return out, Explanation(torch.cat(expl_pos) if expl_pos else torch.zeros(0, 0, dtype=torch.int64),
-                                torch.cat(expl_w) if expl_w else torch.zeros(0, 0))
+        names = () if twin.match is None else twin.match.names
+        if not expl_pos:  # no candidates
+            return out, Explanation(torch.zeros(0, 0, dtype=torch.int64), torch.zeros(0, 0),
+                                    torch.zeros(0, 0, len(names), dtype=torch.bool), names)
+        return out, Explanation(torch.cat(expl_pos), torch.cat(expl_w), torch.cat(expl_match), names)

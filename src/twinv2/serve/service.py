@@ -222,7 +222,7 @@ class Service:
         seqs = user_sequences(state, int(request_ts), loaded.info.manifest, loaded.info.sequence_config)
         top = explain_top or self.config.explain_top
         if explain and not loaded.scorer.cached:
-            raise RequestError("explain", f"explanations need a twin or twinv2 model; this server runs "
+            raise RequestError("explain", f"explanations need a twin, twinv2 or dare model; this server runs "
                                f"{loaded.info.model_config.long_term}")
         logits, expl = loaded.scorer.score(seqs.long, seqs.short, cands, explain=top if explain else 0)
         scores = torch.sigmoid(logits.double()).tolist()
@@ -236,8 +236,11 @@ class Service:
                 pos = expl.positions[b].numpy()
                 keep = pos >= 0
                 entries = describe_positions(state, seqs.long, int(request_ts), pos[keep])
-                for entry, w in zip(entries, expl.weights[b].numpy()[keep].tolist(), strict=True):
+                matched = expl.matched[b].numpy()[keep]  # [m, F]
+                for entry, w, hits in zip(entries, expl.weights[b].numpy()[keep].tolist(), matched, strict=True):
                     entry["weight"] = float(w)
+                    # which attributes the entry shares with the candidate (the exact-match term's features)
+                    entry["matched"] = [name for name, hit in zip(expl.match_names, hits, strict=True) if hit]
                 explanations.append(entries)
             out["explanations"] = explanations
         return out

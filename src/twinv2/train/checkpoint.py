@@ -29,7 +29,13 @@ import torch
 
 from twinv2 import __version__
 from twinv2._io import atomic_file
-from twinv2.checkpoints import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, model_from_payload, read_checkpoint
+from twinv2.checkpoints import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    model_from_payload,
+    read_checkpoint,
+    upgrade_model_section,
+)
 from twinv2.data.batches import SequenceConfig
 from twinv2.data.schema import Manifest
 from twinv2.data.split import TemporalSplit
@@ -105,7 +111,9 @@ def save_checkpoint(path: str | os.PathLike, model: CTRModel, *, config: TrainCo
 
 def _info(path: Path, payload: dict[str, Any]) -> CheckpointInfo:
     try:
-        config = config_from_dict(payload["train_config"], source=f"{path} (train_config)")
+        train_config = dict(payload["train_config"])
+        train_config["model"] = upgrade_model_section(dict(train_config.get("model") or {}))
+        config = config_from_dict(train_config, source=f"{path} (train_config)")
         manifest = Manifest.from_dict(payload["manifest"], file=f"{path} (manifest)")
         sequence_config = SequenceConfig(**payload["sequence_config"])
         split = TemporalSplit(**payload["split"])
