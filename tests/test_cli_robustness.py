@@ -77,9 +77,9 @@ FILE_OUTPUT = {("export-embeddings",), ("compress", "embeddings")}
 READ_ONLY_INPUT = {("data", "describe"): "dataset", ("compress", "stats"): "folder"}
 # Numeric options for which every number (0 and negatives included) is meaningful: times and thresholds.
 ANY_NUMBER = {"--snapshot-ts", "--before-ts", "--label-threshold", "--headroom-start", "--headroom-end"}
-# String options with a closed set of values.
+# String options with a closed set of values (--split-by: the dataset's inherent categoricals, or 'none').
 CHOICES = {"--split", "--device", "--method", "--backend", "--group-bins", "--missing-embedding", "--scale",
-           "--ts-unit", "--model", "--models", "--positive", "--oov"}
+           "--ts-unit", "--model", "--models", "--positive", "--oov", "--split-by"}
 
 
 # ---- the world: valid inputs and their broken variants, built once -------------------------------------

@@ -5,7 +5,8 @@ It lives at the top of the package, beside the CLI it calls, so that :mod:`twinv
 backend) never imports the CLI: the package reads in one direction, data -> compress -> models -> train
 -> cli, and nothing imports this module.
 
-Example (options as ``twinv2 compress``)::
+Example (options as ``twinv2 compress``, ``--split-by NAME`` included: the Spark backend writes the same
+bytes as the local one)::
 
     spark-submit --master yarn --deploy-mode client \\
       --conf spark.executorEnv.NUMBA_NUM_THREADS=1 --conf spark.executorEnv.OMP_NUM_THREADS=1 \\

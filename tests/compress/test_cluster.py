@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -273,3 +275,151 @@ def test_assign_incremental_rejects_bad_input(change, error, match):
     args.update(change)
     with pytest.raises(error, match=match):
         assign_incremental(config=ClusterConfig(), **args)
+
+
+# ---- split_by: clusters within (completion group x categorical value) ---------------------------------
+
+split_configs = st.builds(
+    ClusterConfig,
+    gamma=st.integers(1, 30),
+    num_groups=st.integers(1, 6),
+    group_bins=st.sampled_from(["uniform", "quantile"]),
+    split_exponent=st.sampled_from([0.3, 0.5, 1.0]),
+    max_iter=st.integers(1, 20),
+    method=st.sampled_from(["hierarchical", "flat", "random"]),
+    flat_k=st.one_of(st.none(), st.integers(1, 12)),
+    normalize=st.booleans(),
+    split_by=st.just("category_id"),
+)
+
+
+def make_values(seed: int, n: int, num_values: int) -> np.ndarray:
+    """Skewed categorical codes in ``[0, num_values)``; 0 (unknown) is a value like the others."""
+    rng = np.random.default_rng([seed, 1])
+    p = 1.0 / np.arange(1, num_values + 1)
+    return rng.choice(num_values, size=n, p=p / p.sum()).astype(np.int64)
+
+
+@settings(max_examples=60, deadline=None)
+@given(config=split_configs, seed=st.integers(0, 2**32 - 1), n=st.integers(0, 300), d=st.integers(1, 8),
+       num_values=st.integers(1, 40), replays=st.booleans())
+def test_cluster_life_cycle_split_by_never_mixes_values(config, seed, n, d, num_values, replays):
+    emb, ratio = make_user(seed, n, d, distinct=max(1, n // 10) if replays else None)
+    values = make_values(seed, n, num_values)
+    values_before = values.copy()
+    res = cluster_life_cycle(emb, ratio, config, seed, split_values=values)
+    # Every behavior in exactly one cluster, no cluster above gamma (except flat), no group mixed.
+    check_invariants(res, emb, ratio, config)
+    assert np.array_equal(values, values_before)
+    # Pure: every member holds its cluster's value.
+    assert res.values.shape == res.sizes.shape and res.values.dtype == np.int64
+    assert np.array_equal(res.values[res.labels], values)
+    # Clusters are numbered by group, then by value.
+    order = np.lexsort((res.values, res.groups.astype(np.int64)))
+    assert np.array_equal(order, np.arange(len(res.sizes)))
+    # A (group, value) pair of at most gamma behaviors is one cluster (no k-means was needed), except with
+    # the flat method's fixed flat_k.
+    groups = completion_groups(ratio, config)
+    pairs, counts = np.unique(np.stack([groups.astype(np.int64), values]), axis=1, return_counts=True)
+    cluster_pairs = np.stack([res.groups.astype(np.int64), res.values])
+    for (g, v), count in zip(pairs.T, counts, strict=True):
+        clusters = int(((cluster_pairs[0] == g) & (cluster_pairs[1] == v)).sum())
+        assert clusters >= 1
+        if count <= config.gamma and (config.method != "flat" or config.flat_k is None):
+            assert clusters == 1
+    # Deterministic for a fixed seed.
+    again = cluster_life_cycle(emb, ratio, config, np.random.default_rng(seed), split_values=values)
+    assert np.array_equal(res.labels, again.labels)
+    assert np.array_equal(res.centroids, again.centroids)
+    assert np.array_equal(res.values, again.values)
+
+
+@settings(max_examples=25, deadline=None)
+@given(config=configs, seed=st.integers(0, 2**32 - 1), n=st.integers(0, 200), value=st.integers(0, 5))
+def test_cluster_life_cycle_split_by_one_value_equals_no_split(config, seed, n, value):
+    """With one value for every behavior the roots are the groups: the same clusters as without split_by."""
+    emb, ratio = make_user(seed, n, 4)
+    plain = cluster_life_cycle(emb, ratio, config, seed)
+    split = cluster_life_cycle(emb, ratio, replace(config, split_by="category_id"), seed,
+                               split_values=np.full(n, value))
+    assert plain.values is None
+    assert np.array_equal(plain.labels, split.labels) and np.array_equal(plain.centroids, split.centroids)
+    assert np.array_equal(split.values, np.full(len(split.sizes), value))
+
+
+def test_cluster_life_cycle_split_by_separates_values_kmeans_would_merge():
+    """Identical embeddings of two categories: without split they share clusters, with split never."""
+    emb = np.ones((30, 4), np.float32)
+    ratio = np.full(30, 0.5, np.float32)
+    values = np.tile([3, 0], 15)  # 0 = unknown is a value of its own
+    plain = cluster_life_cycle(emb, ratio, ClusterConfig(gamma=20, num_groups=1), 0)
+    assert any(len(np.unique(values[plain.labels == c])) > 1 for c in range(len(plain.sizes)))
+    res = cluster_life_cycle(emb, ratio, ClusterConfig(gamma=20, num_groups=1, split_by="category_id"), 0,
+                             split_values=values)
+    assert res.values.tolist() == [0, 3] and res.sizes.tolist() == [15, 15]
+    assert np.array_equal(res.values[res.labels], values)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n_old=st.integers(0, 200), n_new=st.integers(0, 120),
+       gamma=st.integers(1, 25), num_groups=st.integers(1, 5), num_values=st.integers(1, 12))
+def test_assign_incremental_split_by_never_joins_another_value(seed, n_old, n_new, gamma, num_groups, num_values):
+    config = ClusterConfig(gamma=gamma, num_groups=num_groups, split_by="category_id")
+    emb, ratio = make_user(seed, n_old + n_new, 6)
+    values = make_values(seed, n_old + n_new, num_values)
+    full = cluster_life_cycle(emb[:n_old], ratio[:n_old], config, seed, split_values=values[:n_old])
+    inc = assign_incremental(full.centroids, full.sizes, full.groups, emb[n_old:], ratio[n_old:], config,
+                             values=full.values, new_values=values[n_old:])
+    C = len(full.sizes)
+    labels = np.concatenate([full.labels, inc.labels])
+    assert np.array_equal(inc.groups[:C], full.groups) and np.array_equal(inc.values[:C], full.values)
+    assert np.array_equal(np.bincount(labels, minlength=len(inc.sizes)), inc.sizes)
+    assert (inc.sizes <= gamma).all()
+    # Every behavior is in a cluster of its own group and its own value.
+    assert np.array_equal(inc.groups[labels], completion_groups(ratio, config))
+    assert np.array_equal(inc.values[labels], values)
+    sums = np.zeros_like(inc.centroids, dtype=np.float64)
+    np.add.at(sums, labels, normalised(emb))
+    np.testing.assert_allclose(inc.centroids, sums / inc.sizes[:, None], rtol=1e-4, atol=1e-5)
+
+
+def test_assign_incremental_split_by_joins_same_value_or_opens_a_singleton():
+    config = ClusterConfig(gamma=3, num_groups=1, split_by="category_id")
+    centroids = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+    new = np.array([[1.0, 0.05], [1.0, -0.05], [1.0, 0.0]], np.float32)
+    # All three new rows are nearest to cluster 0 (value 7), which has room. Row 0 has value 9: it joins
+    # cluster 1 (value 9) although cluster 1 is farther; row 1 has value 7: it joins cluster 0; row 2 has
+    # value 0 (unknown), which no cluster holds: a new singleton.
+    inc = assign_incremental(centroids, np.array([1, 1]), np.array([0, 0]), new, np.full(3, 0.5), config,
+                             values=np.array([7, 9]), new_values=np.array([9, 7, 0]))
+    assert inc.labels.tolist() == [1, 0, 2]
+    assert inc.sizes.tolist() == [2, 2, 1] and inc.values.tolist() == [7, 9, 0] and inc.num_new_clusters == 1
+
+
+@pytest.mark.parametrize(("config", "kwargs", "match"), [
+    (ClusterConfig(split_by="category_id"), {}, "needs split_values"),
+    (ClusterConfig(), {"split_values": np.zeros(10, np.int64)}, "split_by is None"),
+    (ClusterConfig(split_by="category_id"), {"split_values": np.zeros(9, np.int64)}, r"expected 10 integer"),
+    (ClusterConfig(split_by="category_id"), {"split_values": np.zeros(10)}, r"expected 10 integer"),
+])
+def test_cluster_life_cycle_split_values_must_match_split_by(config, kwargs, match):
+    emb, ratio = _good()
+    with pytest.raises(CompressionError, match=match):
+        cluster_life_cycle(emb, ratio, config, 0, **kwargs)
+
+
+def test_assign_incremental_split_by_needs_both_value_arrays():
+    config = ClusterConfig(split_by="category_id")
+    args = (np.zeros((1, 2), np.float32), [1], [0], np.ones((1, 2), np.float32), [0.5], config)
+    with pytest.raises(CompressionError, match="needs values"):
+        assign_incremental(*args, new_values=np.array([1]))
+    with pytest.raises(CompressionError, match="needs new_values"):
+        assign_incremental(*args, values=np.array([1]))
+    with pytest.raises(CompressionError, match="split_by is None"):
+        assign_incremental(*args[:-1], ClusterConfig(), values=np.array([1]), new_values=np.array([1]))
+
+
+@pytest.mark.parametrize("bad", ["", 3])
+def test_cluster_config_rejects_bad_split_by(bad):
+    with pytest.raises(CompressionError, match=r"split_by="):
+        ClusterConfig(split_by=bad)

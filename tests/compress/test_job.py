@@ -28,7 +28,7 @@ from twinv2.compress import ClusterConfig, compress_dataset, compress_incrementa
 from twinv2.compress.cluster import completion_groups
 from twinv2.compress.store import JOB_FILE, MANIFEST_FILE
 from twinv2.data.store import load_dataset, write_dataset
-from twinv2.errors import CompressionError, DataValidationError, EmbeddingError
+from twinv2.errors import CompressionError, ConfigError, DataValidationError, EmbeddingError
 
 CONFIG = ClusterConfig(gamma=GAMMA)
 PART = 4  # users per part: 22 users -> 6 parts
@@ -295,6 +295,9 @@ def test_cli_compress_run_stats_and_embeddings(tmp_path, ds_dir, reference):
     (["--method", "kmedoids"], "method"),
     (["--backend", "dask"], "--backend"),
     (["--incremental"], "--base"),
+    (["--split-by", "genre"], "--split-by 'genre' is not an inherent categorical"),
+    (["--split-by", "duration"], "expected one of category_id"),
+    (["--split-by", ""], "--split-by"),
 ])
 def test_cli_compress_errors_are_one_line(tmp_path, ds_dir, args, message):
     result = CliRunner().invoke(app, ["compress", "--dataset", str(ds_dir), "--out", str(tmp_path / "c"),
@@ -306,3 +309,139 @@ def test_cli_compress_errors_are_one_line(tmp_path, ds_dir, args, message):
 def test_cli_compress_without_arguments_prints_help():
     result = CliRunner().invoke(app, ["compress"])
     assert result.exit_code == 0 and "stats" in result.output and "--snapshot-ts" in result.output
+
+
+# ---- split_by: clusters within (completion group x category) ---------------------------------------------
+
+SPLIT = ClusterConfig(gamma=GAMMA, split_by="category_id")
+
+
+def check_split(c, ds, snapshot):
+    """No cluster mixes categories: per user, completion group and category, the members of the clusters
+    whose representative has that category are exactly the user's behaviors of that group and category; the
+    recorded shares agree."""
+    h = ds.histories
+    category = ds.items["category_id"]
+    users = np.arange(h.num_users)
+    end = h.end_before(users, np.full(h.num_users, snapshot))
+    for u in users:
+        rows = slice(c.offsets[u], c.offsets[u + 1])
+        lo, hi = h.offsets[u], end[u]
+        if hi == lo:
+            continue
+        num_groups = SPLIT.num_groups
+        key = completion_groups(h.cross["completion_ratio"][lo:hi], SPLIT).astype(np.int64) + \
+            num_groups * category[h.item_id[lo:hi]]
+        cluster_key = c.completion_group[rows].astype(np.int64) + num_groups * category[c.rep_item_id[rows]]
+        top = int(max(key.max(), cluster_key.max())) + 1
+        np.testing.assert_array_equal(np.bincount(cluster_key, weights=c.cluster_size[rows], minlength=top),
+                                      np.bincount(key, minlength=top))
+
+
+def test_compress_split_by_never_mixes_categories(tmp_path, ds_dir, reference):
+    ds = load_dataset(ds_dir)
+    out = tmp_path / "split"
+    summary = run(ds_dir, out, config=SPLIT)
+    c = load_compressed(out)
+    check_invariants(c, ds, SNAPSHOT)
+    check_split(c, ds, SNAPSHOT)
+    assert summary.num_clusters > load_compressed(reference).num_clusters  # more, purer virtual items
+    assert c.manifest["cluster_config"]["split_by"] == "category_id"
+    assert json.loads((out / JOB_FILE).read_text())["cluster_config"]["split_by"] == "category_id"
+    stats = compression_stats(out)
+    assert stats["split_by"] == "category_id" and stats["member_purity"]["category_id"]["purity"] == 1.0
+    assert compression_stats(reference)["member_purity"]["category_id"]["purity"] < 1.0
+    # Deterministic: another run, with two workers and other parts, gives the same clusters.
+    run(ds_dir, tmp_path / "again", config=SPLIT, workers=2, users_per_part=7)
+    again = load_compressed(tmp_path / "again", with_centroids=True)
+    c = load_compressed(out, with_centroids=True)
+    for name in ("offsets", "rep_item_id", "cluster_size", "completion_group", "mean_ts", "centroids"):
+        np.testing.assert_array_equal(getattr(c, name), getattr(again, name), err_msg=name)
+    # A rerun with another split is refused like any other change of parameters.
+    with pytest.raises(CompressionError, match=r"different parameters.*cluster_config"):
+        run(ds_dir, tmp_path / "again", config=CONFIG, workers=1, users_per_part=7)
+
+
+def test_compress_split_by_must_name_an_inherent_categorical(tmp_path, ds_dir):
+    for bad in ("duration", "genre", "item_id"):
+        with pytest.raises(ConfigError, match=rf"--split-by '{bad}' is not an inherent categorical.*category_id"):
+            run(ds_dir, tmp_path / "c", config=ClusterConfig(gamma=GAMMA, split_by=bad))
+    assert not (tmp_path / "c").exists()
+
+
+def test_compress_incremental_split_by_joins_only_the_same_category(tmp_path, ds_dir):
+    ds = load_dataset(ds_dir)
+    base, new = tmp_path / "base", tmp_path / "new"
+    run(ds_dir, base, config=SPLIT)
+    later = 9_000
+    compress_incremental(base, ds_dir, new, later, progress=False)  # split_by: the base's
+    c = load_compressed(new)
+    check_invariants(c, ds, later)
+    check_split(c, ds, later)
+    assert c.manifest["cluster_config"]["split_by"] == "category_id"
+    purity = compression_stats(new)["member_purity"]
+    assert purity["category_id"]["purity"] == 1.0 and purity["category_id"]["behaviors_covered"] == 1.0
+    compress_incremental(base, ds_dir, tmp_path / "same", later, split_by="category_id", progress=False)
+    same, ref = folder_digest(tmp_path / "same"), folder_digest(new)
+    assert {k: v for k, v in same.items() if k.endswith((".parquet", ".npy"))} == \
+        {k: v for k, v in ref.items() if k.endswith((".parquet", ".npy"))}
+
+
+@pytest.mark.parametrize(("base_config", "split_by", "message"), [
+    (CONFIG, "category_id", "built with --split-by none, not category_id"),
+    (SPLIT, None, "built with --split-by category_id, not none"),
+])
+def test_compress_incremental_refuses_another_split(tmp_path, ds_dir, base_config, split_by, message):
+    base = tmp_path / "base"
+    run(ds_dir, base, config=base_config)
+    with pytest.raises(CompressionError, match=message):
+        compress_incremental(base, ds_dir, tmp_path / "new", 9_000, split_by=split_by, progress=False)
+    assert not (tmp_path / "new").exists()
+
+
+def test_compress_incremental_of_a_folder_without_member_shares(tmp_path, ds_dir, reference):
+    """A base written before the shares existed: the update works; old clusters' shares are unknown."""
+    import pyarrow.parquet as pq
+
+    base = tmp_path / "old"
+    shutil.copytree(reference, base)
+    for name in (JOB_FILE, MANIFEST_FILE):
+        meta = json.loads((base / name).read_text())
+        for d in (meta, meta.get("job", {})):
+            d.pop("member_share_features", None)
+            d.get("cluster_config", {}).pop("split_by", None)
+        (base / name).write_text(json.dumps(meta))
+    for part in base.glob("part-*.parquet"):
+        table = pq.read_table(part)
+        pq.write_table(table.drop([n for n in table.column_names if "share_" in n]), part)
+    assert compression_stats(base)["member_purity"] is None
+    compress_incremental(base, ds_dir, tmp_path / "new", 9_000, progress=False)
+    check_invariants(load_compressed(tmp_path / "new"), load_dataset(ds_dir), 9_000)
+    purity = compression_stats(tmp_path / "new")["member_purity"]["category_id"]
+    assert 0 < purity["behaviors_covered"] < 1 and 0 < purity["purity"] <= 1
+
+
+def test_cli_compress_split_by(tmp_path, ds_dir):
+    runner = CliRunner()
+    out = tmp_path / "c"
+    common = ["--dataset", str(ds_dir), "--snapshot-ts", str(SNAPSHOT), "--gamma", str(GAMMA), "--users-per-part",
+              str(PART), "--workers", "1", "--quiet"]
+    result = runner.invoke(app, ["compress", *common, "--out", str(out), "--split-by", "category_id", "--json"])
+    assert result.exit_code == 0, result.output
+    assert load_compressed(out).manifest["cluster_config"]["split_by"] == "category_id"
+    result = runner.invoke(app, ["compress", "stats", str(out), "--json"])
+    stats = json.loads(result.stdout)
+    assert stats["split_by"] == "category_id" and stats["member_purity"]["category_id"]["purity"] == 1.0
+    result = runner.invoke(app, ["compress", "stats", str(out)])
+    assert result.exit_code == 0 and "member purity: category_id" in result.output
+    result = runner.invoke(app, ["compress", *common, "--out", str(tmp_path / "none"), "--split-by", "none"])
+    assert result.exit_code == 0, result.output
+    assert load_compressed(tmp_path / "none").manifest["cluster_config"]["split_by"] is None
+    inc = ["compress", "run", "--incremental", "--base", str(out), "--dataset", str(ds_dir), "--snapshot-ts",
+           "9000", "--workers", "1", "--quiet"]
+    result = runner.invoke(app, [*inc, "--out", str(tmp_path / "inc-bad"), "--split-by", "none"])
+    assert result.exit_code == 2 and "--split-by category_id, not none" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "inc-bad").exists()
+    result = runner.invoke(app, [*inc, "--out", str(tmp_path / "inc")])
+    assert result.exit_code == 0, result.output
+    assert load_compressed(tmp_path / "inc").manifest["cluster_config"]["split_by"] == "category_id"

@@ -38,3 +38,14 @@ def test_spark_backend_matches_local_backend(tmp_path):
     assert folder_digest(out) == folder_digest(tmp_path / "local")
     a, b = load_compressed(tmp_path / "local"), load_compressed(out)
     np.testing.assert_array_equal(a.rep_item_id, b.rep_item_id)
+
+
+def test_spark_backend_matches_local_backend_with_split_by(tmp_path):
+    ds = make_job_dataset(tmp_path / "ds")
+    common = {"config": ClusterConfig(gamma=GAMMA, split_by="category_id"), "users_per_part": 4, "progress": False}
+    compress_dataset(ds, tmp_path / "local", SNAPSHOT, **common)
+    compress_dataset(ds, tmp_path / "spark", SNAPSHOT, backend="spark", workers=2, spark_master="local[2]", **common)
+    assert folder_digest(tmp_path / "spark") == folder_digest(tmp_path / "local")
+    c = load_compressed(tmp_path / "spark")
+    assert c.manifest["cluster_config"]["split_by"] == "category_id"
+    assert c.manifest["member_share_features"] == ["category_id"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -174,3 +175,31 @@ def test_reload_published_through_the_store_reaches_other_processes(serve_data, 
     assert second.sync() and second.model_version == first.model_version
     request = {"user_id": HEAVY_USER, "candidates": [1, 2, 3], "request_ts": 10_000}
     assert second.score(**request)["scores"] == first.score(**request)["scores"]
+
+
+def test_folding_into_a_category_split_version_keeps_clusters_pure(serve_data, tmp_path):
+    """A version built with ``split_by`` is served: live behaviors fold with the version's split (each
+    joins only a cluster of its own category, or starts one: tested on the job's incremental assignment in
+    tests/compress), instead of failing for want of the items' categories."""
+    from twinv2.compress import ClusterConfig, compress_dataset
+
+    split = tmp_path / "split"
+    compress_dataset(serve_data["dataset"], split, SNAPSHOT_TS, workers=1, seed=0, progress=False,
+                     config=ClusterConfig(split_by="category_id"))
+    dataset = load_dataset(serve_data["dataset"])
+    checkpoint = save_model(dataset, "twinv2", tmp_path / "m.pt", split)
+    config = ServeConfig(checkpoint=str(checkpoint), store=f"sqlite://{tmp_path / 's.db'}", compressed=str(split),
+                         admin_token=TOKEN, fold_cap=6, poll_seconds=0)
+    service = Service(config)
+    with TestClient(create_app(service)) as c:
+        before = int(service.store.get_user(HEAVY_USER).clusters["cluster_size"].sum())
+        for i in range(30):
+            r = c.post("/v1/events", json={"events": [_event(i, user=HEAVY_USER)]})
+            assert r.status_code == 200, r.text
+        state = service.store.get_user(HEAVY_USER)
+        comp = service._folder.compressor
+    assert comp.config.split_by == "category_id"
+    assert np.array_equal(comp.split_values, np.asarray(dataset.items["category_id"], np.int64))
+    folded = int(state.clusters["cluster_size"].sum()) - before
+    unfolded = int((state.events.ts >= state.snapshot_ts).sum())
+    assert folded >= 30 - unfolded and unfolded <= 6  # the user's earlier raw behaviors fold too

@@ -60,7 +60,8 @@ def compress_on_cadence(dataset: str | os.PathLike, root: str | os.PathLike, sna
 
     Each run is resumable and skipped when already finished with the same parameters (the job's own
     resumption), so an interrupted cadence can be rerun. ``kwargs`` go to ``compress_dataset``
-    (embeddings, config, workers, seed, progress...). Returns the version folders in snapshot order.
+    (embeddings, config — e.g. ``ClusterConfig(split_by="category_id")`` for every version —, workers, seed,
+    progress...). Returns the version folders in snapshot order.
     """
     folders = []
     for ts in sorted(snapshots):

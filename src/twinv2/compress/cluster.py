@@ -5,6 +5,12 @@ A user's behaviors are split into ``num_groups`` play-completion groups; inside 
 members is split into ``k = max(2, floor(|C| ** split_exponent))`` clusters, and any cluster of at most
 ``gamma`` members is final. Every behavior lands in exactly one cluster and no cluster mixes groups.
 
+With ``ClusterConfig.split_by`` (the name of an inherent categorical, e.g. ``category_id``), the caller
+passes each behavior's value of that categorical and the recursion starts from every (completion group,
+value) pair instead of every group: no cluster mixes two values (code 0, unknown, is a value of its own).
+All pairs go to the same single compiled call; a pair of at most ``gamma`` behaviors is a leaf at once,
+without k-means.
+
 Three methods share that frame (``ClusterConfig.method``):
 
 * ``"hierarchical"`` (the paper's method): the recursion above, all of it inside one compiled call
@@ -77,6 +83,7 @@ class ClusterConfig:
     method: str = "hierarchical"     # "hierarchical" | "flat" | "random"
     flat_k: int | None = None        # method="flat": clusters per group; None = ceil(n_group / gamma)
     normalize: bool = True           # L2-normalise embeddings before clustering (zero rows stay zero)
+    split_by: str | None = None      # inherent categorical whose values clusters never mix (None: groups only)
 
     def __post_init__(self) -> None:
         if not _is_int(self.gamma) or self.gamma < 1:
@@ -98,6 +105,9 @@ class ClusterConfig:
             raise CompressionError(f"ClusterConfig.flat_k={self.flat_k!r}: expected None or an integer >= 1")
         if not isinstance(self.normalize, (bool, np.bool_)):
             raise CompressionError(f"ClusterConfig.normalize={self.normalize!r}: expected a bool")
+        if self.split_by is not None and (not isinstance(self.split_by, str) or not self.split_by):
+            raise CompressionError(f"ClusterConfig.split_by={self.split_by!r}: expected None or the name of an "
+                                   "inherent categorical (e.g. 'category_id')")
 
 
 @dataclass
@@ -109,6 +119,7 @@ class ClusterResult:
     centroids: np.ndarray   # float32 [C, d] mean of the (normalised) member embeddings
     sizes: np.ndarray       # int64 [C] members per cluster
     degenerate_splits: int = 0  # splits that fell back to an even partition (duplicates, collapses)
+    values: np.ndarray | None = None  # int64 [C] split_by value shared by every member (None without split_by)
 
 
 @dataclass
@@ -120,6 +131,7 @@ class IncrementalResult:
     sizes: np.ndarray       # int64 [C']
     groups: np.ndarray      # int8 [C']
     num_new_clusters: int   # C' - C
+    values: np.ndarray | None = None  # int64 [C'] split_by value of each cluster (None without split_by)
 
 
 def split_counts(n: np.ndarray, exponent: float) -> np.ndarray:
@@ -222,9 +234,27 @@ def _split_flat(X: np.ndarray, xsq: np.ndarray, order: np.ndarray, starts: np.nd
     return leaf_starts, leaf_ends, int(num_degenerate)
 
 
+def _check_split_values(values: np.ndarray | None, n: int, config: ClusterConfig, name: str) -> np.ndarray | None:
+    """int64 ``[n]`` split values, or None without ``config.split_by``; raises when one is given without the
+    other, or on a bad shape or dtype."""
+    if config.split_by is None:
+        if values is not None:
+            raise CompressionError(f"{name} given but ClusterConfig.split_by is None: set split_by to the "
+                                   "categorical the values belong to")
+        return None
+    if values is None:
+        raise CompressionError(f"ClusterConfig.split_by={config.split_by!r} needs {name}: the value of "
+                               f"{config.split_by!r} for each behavior")
+    v = np.asarray(values)
+    if v.shape != (n,) or (n and not np.issubdtype(v.dtype, np.integer)):
+        raise CompressionError(f"{name}: expected {n} integer codes (shape ({n},)), found shape {v.shape} and "
+                               f"dtype {v.dtype}")
+    return v.astype(np.int64, copy=False)
+
+
 def cluster_life_cycle(embeddings: np.ndarray, completion_ratio: np.ndarray, config: ClusterConfig,
-                       seed: int | np.random.Generator) -> ClusterResult:
-    """Cluster one user's behaviors within their completion groups.
+                       seed: int | np.random.Generator, split_values: np.ndarray | None = None) -> ClusterResult:
+    """Cluster one user's behaviors within their completion groups (and split values, with ``split_by``).
 
     Args:
         embeddings: float32 ``[N, d]``, one row per behavior (float64 is read directly, other real dtypes
@@ -232,14 +262,19 @@ def cluster_life_cycle(embeddings: np.ndarray, completion_ratio: np.ndarray, con
         completion_ratio: ``[N]`` play completion ratio of each behavior (clipped to ``[0, 1]``).
         config: the clustering rule (method, gamma, groups, ...).
         seed: int or ``numpy`` generator; the only source of randomness.
+        split_values: int ``[N]`` value of the categorical ``config.split_by`` for each behavior (required
+            with ``split_by``, refused without it). Clusters then never mix two values; 0 (unknown) is a
+            value like the others.
 
     Returns:
         :class:`ClusterResult` with ``labels`` int64 ``[N]``, and per cluster ``groups`` int8 ``[C]``,
-        ``centroids`` float32 ``[C, d]`` (means of the normalised members) and ``sizes`` int64 ``[C]``.
+        ``centroids`` float32 ``[C, d]`` (means of the normalised members), ``sizes`` int64 ``[C]`` and,
+        with ``split_by``, ``values`` int64 ``[C]``. Clusters are numbered by group, then by value.
 
     Raises:
         EmbeddingError: ``embeddings`` is not 2-D, not real, or holds NaN/inf (count and rows named).
-        CompressionError: ``completion_ratio`` has the wrong shape or NaN values, or ``seed`` is invalid.
+        CompressionError: ``completion_ratio`` or ``split_values`` has the wrong shape or NaN values, or
+            ``seed`` is invalid.
     """
     if not isinstance(config, ClusterConfig):
         raise CompressionError(f"config: expected a ClusterConfig, found {type(config).__name__}")
@@ -248,20 +283,31 @@ def cluster_life_cycle(embeddings: np.ndarray, completion_ratio: np.ndarray, con
     if ratio.ndim != 1 or ratio.shape[0] != emb.shape[0]:
         raise CompressionError(f"completion_ratio has shape {ratio.shape} but embeddings has {emb.shape[0]} "
                                f"rows: expected shape ({emb.shape[0]},)")
+    values = _check_split_values(split_values, emb.shape[0], config, "split_values")
     rng = _as_generator(seed)
     group_of_row = completion_groups(ratio, config)
     N, d = emb.shape
-    # Stable sort by group: the working copy holds each group as one contiguous block; perm[p] is the
-    # input row at position p, dest its inverse.
-    perm = np.argsort(group_of_row, kind="stable").astype(np.int64, copy=False)
+    # Stable sort by group (then by split value): the working copy holds each root set as one contiguous
+    # block; perm[p] is the input row at position p, dest its inverse.
+    if values is None:
+        perm = np.argsort(group_of_row, kind="stable").astype(np.int64, copy=False)
+    else:
+        perm = np.lexsort((values, group_of_row)).astype(np.int64, copy=False)
     dest = np.empty(N, dtype=np.int64)
     dest[perm] = np.arange(N, dtype=np.int64)
     X, xsq = _prepare(emb, dest, config.normalize, "embeddings")
     group_sizes = np.bincount(group_of_row, minlength=config.num_groups).astype(np.int64)
     group_ends = np.cumsum(group_sizes)
-    group_starts = group_ends - group_sizes
-    present = group_sizes > 0
-    starts, ends = group_starts[present], group_ends[present]
+    if values is None:
+        group_starts = group_ends - group_sizes
+        present = group_sizes > 0
+        starts, ends = group_starts[present], group_ends[present]
+    else:
+        # Roots: the maximal runs of one (group, value) pair in sorted order.
+        g_sorted, v_sorted = group_of_row[perm], values[perm]
+        cuts = np.flatnonzero((g_sorted[1:] != g_sorted[:-1]) | (v_sorted[1:] != v_sorted[:-1])) + 1
+        starts = np.concatenate([[0], cuts]).astype(np.int64) if N else np.zeros(0, np.int64)
+        ends = np.concatenate([cuts, [N]]).astype(np.int64) if N else np.zeros(0, np.int64)
     order = np.arange(N, dtype=np.int64)
     if config.method == "flat":
         leaf_starts, leaf_ends, degenerate = _split_flat(X, xsq, order, starts, ends, config, rng)
@@ -282,33 +328,41 @@ def cluster_life_cycle(embeddings: np.ndarray, completion_ratio: np.ndarray, con
     labels = np.empty(N, dtype=np.int64)
     kmeans.scatter_labels(perm, order, leaf_start, leaf_end, labels)
     groups = (np.searchsorted(group_ends, leaf_start, side="right")).astype(np.int8)
+    leaf_values = None if values is None else values[perm[order[leaf_start]]]
     return ClusterResult(labels=labels, groups=groups, centroids=centroids,
-                         sizes=(leaf_end - leaf_start).astype(np.int64), degenerate_splits=int(degenerate))
+                         sizes=(leaf_end - leaf_start).astype(np.int64), degenerate_splits=int(degenerate),
+                         values=leaf_values)
 
 
 def assign_incremental(centroids: np.ndarray, sizes: np.ndarray, groups: np.ndarray,
                        new_embeddings: np.ndarray, new_completion: np.ndarray, config: ClusterConfig,
-                       new_groups: np.ndarray | None = None) -> IncrementalResult:
+                       new_groups: np.ndarray | None = None, values: np.ndarray | None = None,
+                       new_values: np.ndarray | None = None) -> IncrementalResult:
     """Add behaviors newer than a clustering without re-clustering.
 
     New behaviors are taken in the given order (pass them oldest first). Each one, normalised like the
-    full run, goes to the nearest centroid of its completion group when that cluster has fewer than
-    ``gamma`` members (the centroid becomes the running mean of its members); otherwise it opens a new
-    cluster, appended after the existing ones. Inputs are not modified.
+    full run, goes to the nearest centroid of its completion group (and, with ``config.split_by``, of its
+    split value) when that cluster has fewer than ``gamma`` members (the centroid becomes the running mean
+    of its members); otherwise, or when no cluster of its group (and value) exists, it opens a new cluster,
+    appended after the existing ones. Inputs are not modified.
 
     Args:
         centroids: float32 ``[C, d]``; sizes: int ``[C]`` (>= 1); groups: int ``[C]`` in ``[0, num_groups)``.
         new_embeddings: ``[M, d]``; new_completion: ``[M]`` completion ratios.
-        config: the configuration of the full run (gamma, groups, normalisation).
+        config: the configuration of the full run (gamma, groups, normalisation, split_by).
         new_groups: optional int ``[M]`` groups of the new rows. Required with ``group_bins="quantile"``,
             whose cuts depend on the user's full history, which the caller has and this function does not.
+        values: int ``[C]`` split value of each existing cluster (the value of its representative, which
+            every member shares); new_values: int ``[M]`` split value of each new row. Both required with
+            ``config.split_by``, refused without it.
 
     Returns:
-        :class:`IncrementalResult` (labels int64 ``[M]``, values >= C name new clusters).
+        :class:`IncrementalResult` (labels int64 ``[M]``, values >= C name new clusters; with ``split_by``
+        also ``values`` int64 ``[C']``).
 
     Raises:
         EmbeddingError: wrong shapes, dimension mismatch with ``centroids``, NaN/inf values.
-        CompressionError: inconsistent cluster state or completion arrays.
+        CompressionError: inconsistent cluster state, completion or split-value arrays.
     """
     if not isinstance(config, ClusterConfig):
         raise CompressionError(f"config: expected a ClusterConfig, found {type(config).__name__}")
@@ -346,19 +400,34 @@ def assign_incremental(centroids: np.ndarray, sizes: np.ndarray, groups: np.ndar
                                "cuts come from the user's full history")
     else:
         gnew = completion_groups(ratio, config)
+    old_values = _check_split_values(values, C, config, "values")
+    vnew = _check_split_values(new_values, M, config, "new_values")
     Xnew, _ = _prepare(emb, np.arange(M, dtype=np.int64), config.normalize, "new_embeddings")
     out_centroids = np.empty((C + M, d), dtype=np.float32)
     out_centroids[:C] = cents
     out_sizes = np.empty(C + M, dtype=np.int64)
     out_sizes[:C] = sizes_in
-    out_groups = np.empty(C + M, dtype=np.int8)
-    out_groups[:C] = groups_in
     labels = np.empty(M, dtype=np.int64)
-    total = int(kmeans.incremental_assign(out_centroids, out_sizes, out_groups, C, Xnew, gnew,
+    if old_values is None or vnew is None:
+        out_groups = np.empty(C + M, dtype=np.int8)
+        out_groups[:C] = groups_in
+        total = int(kmeans.incremental_assign(out_centroids, out_sizes, out_groups, C, Xnew, gnew,
+                                              config.gamma, labels))
+        return IncrementalResult(labels=labels, centroids=out_centroids[:total].copy(),
+                                 sizes=out_sizes[:total].copy(), groups=out_groups[:total].copy(),
+                                 num_new_clusters=total - C)
+    # The kernel matches clusters by one integer key: (dense rank of the value, group).
+    uniq, rank = np.unique(np.concatenate([old_values, vnew]), return_inverse=True)
+    keys = rank.astype(np.int64) * config.num_groups + np.concatenate([groups_in.astype(np.int64),
+                                                                       gnew.astype(np.int64)])
+    out_keys = np.empty(C + M, dtype=np.int64)
+    out_keys[:C] = keys[:C]
+    total = int(kmeans.incremental_assign(out_centroids, out_sizes, out_keys, C, Xnew, keys[C:],
                                           config.gamma, labels))
+    out_keys = out_keys[:total]
     return IncrementalResult(labels=labels, centroids=out_centroids[:total].copy(),
-                             sizes=out_sizes[:total].copy(), groups=out_groups[:total].copy(),
-                             num_new_clusters=total - C)
+                             sizes=out_sizes[:total].copy(), groups=(out_keys % config.num_groups).astype(np.int8),
+                             num_new_clusters=total - C, values=uniq[out_keys // config.num_groups])
 
 
 def _reference_cluster_life_cycle(embeddings: np.ndarray, completion_ratio: np.ndarray,

@@ -8,7 +8,7 @@ snapshot, seed) and is picklable; :mod:`twinv2.compress.job` (local backend) and
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -21,6 +21,7 @@ from twinv2.compress.virtual_items import (
     sort_by_recency,
     update_virtual_items,
 )
+from twinv2.errors import CompressionError
 
 __all__ = ["ONE_THREAD_ENV", "UserCompressor"]
 
@@ -42,6 +43,10 @@ class UserCompressor:
         cross_names: the manifest's cross numerics, in order.
         mean_names: the averaged features (:func:`twinv2.compress.store.mean_feature_names`).
         config: the clustering configuration; snapshot_ts: the snapshot; seed: base seed (int >= 0).
+        split_values: int64 ``[num_items + 1]`` each item's value of ``config.split_by`` (required with
+            ``split_by``; see :meth:`with_item_categoricals`).
+        categoricals: int64 ``[num_items + 1]`` per inherent categorical name: the virtual items get the
+            ``majority_share_<name>`` and ``rep_share_<name>`` columns (empty: no such columns).
     """
 
     embeddings: np.ndarray | None
@@ -51,6 +56,33 @@ class UserCompressor:
     config: ClusterConfig
     snapshot_ts: int
     seed: int
+    split_values: np.ndarray | None = None
+    categoricals: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def with_item_categoricals(self, items: dict[str, np.ndarray], names: list[str]) -> UserCompressor:
+        """A copy reading the inherent categoricals ``names`` from ``items`` (a dataset's item table, int
+        ``[num_items + 1]`` per name): their member shares are recorded, and ``split_values`` is set to the
+        column of ``config.split_by`` (which must be one of ``names``)."""
+        tables = {n: np.asarray(items[n], dtype=np.int64) for n in names}
+        split = self.config.split_by
+        if split is not None and split not in tables:
+            raise CompressionError(f"split_by={split!r} is not an inherent categorical of the dataset; expected "
+                                   f"one of: {', '.join(names) or '(none)'}")
+        return replace(self, categoricals=tables, split_values=None if split is None else tables[split])
+
+    @property
+    def share_names(self) -> list[str]:
+        """The categoricals whose member shares the virtual items record, in column order."""
+        return list(self.categoricals)
+
+    def _split(self, item_id: np.ndarray) -> np.ndarray | None:
+        if self.config.split_by is None:
+            return None
+        if self.split_values is None:
+            raise CompressionError(f"ClusterConfig.split_by={self.config.split_by!r} but this UserCompressor has "
+                                   "no split_values (each item's value of it): build it with "
+                                   "with_item_categoricals(dataset.items, names)")
+        return self.split_values[item_id]
 
     def _clustered(self, item_id: np.ndarray) -> np.ndarray:
         assert self.embeddings is not None, "worker embeddings not loaded"
@@ -86,9 +118,11 @@ class UserCompressor:
         item_id, ts, label, cross, _ = self._canonical(item_id, ts, label, cross)
         x = self._clustered(item_id)
         rng = np.random.default_rng([self.seed, int(user_id)])
-        result = cluster_life_cycle(x, cross["completion_ratio"], self._inner_config, rng)
+        result = cluster_life_cycle(x, cross["completion_ratio"], self._inner_config, rng,
+                                    split_values=self._split(item_id))
         cols = build_virtual_items(int(user_id), result.labels, result.groups, x, item_id, ts,
-                                   self._features(item_id, label, cross), self.snapshot_ts)
+                                   self._features(item_id, label, cross), self.snapshot_ts,
+                                   categoricals={n: t[item_id] for n, t in self.categoricals.items()} or None)
         return sort_by_recency(cols)
 
     def update(self, user_id: int, old: Columns, item_id: np.ndarray, ts: np.ndarray, label: np.ndarray,
@@ -105,12 +139,18 @@ class UserCompressor:
             new_groups = new_groups[perm]
         x = self._clustered(item_id)
         if len(item_id):
+            # With split_by, an old cluster's value is its representative's, which every member shares.
+            old_values = self._split(np.asarray(old["rep_item_id"], np.int64))
             inc = assign_incremental(old["centroid"], old["cluster_size"], old["completion_group"], x,
-                                     cross["completion_ratio"], self._inner_config, new_groups=new_groups)
+                                     cross["completion_ratio"], self._inner_config, new_groups=new_groups,
+                                     values=old_values, new_values=self._split(item_id))
             labels, groups, sizes = inc.labels, inc.groups, inc.sizes
         else:
             labels, groups, sizes = np.zeros(0, np.int64), old["completion_group"], old["cluster_size"]
         rep_x_old = self._clustered(old["rep_item_id"])
+        split = self.config.split_by
         cols = update_virtual_items(int(user_id), old, labels, groups, sizes, x, rep_x_old, item_id, ts,
-                                    self._features(item_id, label, cross), self.snapshot_ts)
+                                    self._features(item_id, label, cross), self.snapshot_ts,
+                                    categoricals_new={n: t[item_id] for n, t in self.categoricals.items()} or None,
+                                    pure=() if split is None else (split,))
         return sort_by_recency(cols)

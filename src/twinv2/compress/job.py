@@ -7,6 +7,10 @@ command skips the finished parts; the result is byte-identical to an uninterrupt
 clusters depend only on ``(seed, user_id)`` and the user's own behaviors. :func:`compress_incremental` folds
 the behaviors of ``[old snapshot, new snapshot)`` into an existing folder's clusters and writes a new folder.
 
+``ClusterConfig.split_by`` (``--split-by``) names an inherent categorical whose values no cluster mixes; every
+run also records, per inherent categorical, the share of each cluster's members holding its majority value
+and its representative's value (``twinv2 compress stats`` reports them as member purity).
+
 Backends: ``local`` (``multiprocessing`` with the spawn start method) and ``spark``
 (:mod:`twinv2.compress.spark`, the same per-user function under ``groupBy("user_id").applyInPandas``).
 """
@@ -22,6 +26,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from types import EllipsisType
 from typing import Any
 
 import numpy as np
@@ -92,7 +97,7 @@ class PartResult:
 
 def process_part(comp: UserCompressor, task: PartTask) -> PartResult:
     """Compress (or update) every user of one part and write the part file atomically."""
-    schema = virtual_item_schema(comp.mean_names)
+    schema = virtual_item_schema(comp.mean_names, comp.share_names)
     dim = comp.embeddings.shape[1]  # type: ignore[union-attr]
     old: Columns | None = None
     if task.incremental:
@@ -223,6 +228,22 @@ def _item_numerics(ds: Dataset) -> dict[str, np.ndarray]:
     return {c.name: ds.items[c.name].astype(np.float32) for c in ds.manifest.item_numerics}
 
 
+def _categorical_names(ds: Dataset) -> list[str]:
+    return [c.name for c in ds.manifest.item_categoricals]
+
+
+def check_split_by(split_by: str | None, ds: Dataset) -> None:
+    """Raise :class:`ConfigError` (one line naming ``--split-by`` and the valid names) unless ``split_by`` is
+    None or an inherent categorical of ``ds``."""
+    if split_by is None:
+        return
+    names = _categorical_names(ds)
+    if split_by not in names:
+        valid = ", ".join(names) if names else "none: the dataset has no inherent categorical"
+        raise ConfigError(f"--split-by {split_by!r} is not an inherent categorical of {ds.path}: expected one of "
+                          f"{valid}")
+
+
 def _diff_keys(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
@@ -281,7 +302,8 @@ def _finish(out: Path, params: dict[str, Any], num_users: int, users_per_part: i
         "dataset_fingerprint": params["dataset"]["fingerprint"], "dataset_path": params["dataset"]["path"],
         "snapshot_ts": params["snapshot_ts"], "cluster_config": params["cluster_config"], "seed": params["seed"],
         "embeddings": params["embeddings"], "embedding_dim": params["embedding_dim"],
-        "mean_features": params["mean_features"], "users_per_part": users_per_part,
+        "mean_features": params["mean_features"], "member_share_features": params["member_share_features"],
+        "users_per_part": users_per_part,
         "num_users": num_users, "users_with_clusters": int((np.diff(offsets) > 0).sum()),
         "num_clusters": len(all_users), "num_behaviors": behaviors,
         "incremental_from": params.get("base"), "partitions": partitions, "job": params,
@@ -391,7 +413,9 @@ def compress_dataset(dataset: str | os.PathLike, out: str | os.PathLike, snapsho
             the same parameters).
         snapshot_ts: seconds; behaviors at or after it are never read.
         embeddings: source (default: co-occurrence embeddings learned before the snapshot).
-        config: clustering configuration (default :class:`ClusterConfig`).
+        config: clustering configuration (default :class:`ClusterConfig`); ``config.split_by`` (an
+            inherent categorical of the dataset, e.g. ``"category_id"``) clusters within (completion group
+            x value) so that no cluster mixes two values.
         backend: ``local`` or ``spark``; workers: worker processes (local) or local Spark cores.
         seed: base seed; user ``u`` clusters with ``default_rng([seed, u])``.
         users_per_part: users per part file (the unit of resumption).
@@ -417,6 +441,7 @@ def compress_dataset(dataset: str | os.PathLike, out: str | os.PathLike, snapsho
     source = embeddings if isinstance(embeddings, EmbeddingSource) else EmbeddingSource.parse(embeddings)
     snapshot_ts = int(snapshot_ts)
     ds = load_dataset(dataset)
+    check_split_by(config.split_by, ds)
     h = ds.histories
     mean_names = mean_feature_names(ds.manifest)
     users = np.arange(h.num_users, dtype=np.int64)
@@ -432,10 +457,11 @@ def compress_dataset(dataset: str | os.PathLike, out: str | os.PathLike, snapsho
         "kind": KIND, "format_version": FORMAT_VERSION, "mode": "full", "dataset": _dataset_params(ds),
         "snapshot_ts": snapshot_ts, "cluster_config": asdict(config), "seed": seed,
         "users_per_part": users_per_part, "embeddings": table.source, "embedding_dim": table.dim,
-        "embeddings_sha256": table.sha256(), "mean_features": mean_names, "base": None,
+        "embeddings_sha256": table.sha256(), "mean_features": mean_names,
+        "member_share_features": _categorical_names(ds), "base": None,
     }
     comp = UserCompressor(table.table, _item_numerics(ds), list(h.cross), mean_feature_names(ds.manifest), config,
-                          snapshot_ts, seed)
+                          snapshot_ts, seed).with_item_categoricals(ds.items, _categorical_names(ds))
     return _run(ds, out, params, comp, table, lo_rows, hi_rows, backend=backend, workers=workers,
                 overwrite=overwrite, progress=progress, spark_master=spark_master, base=None, group_cuts=None,
                 after_part=_after_part, start=start, timings=timings)
@@ -460,17 +486,23 @@ def _check_base_covers(base: Path, ds: Dataset, lo_rows: np.ndarray) -> None:
 
 def compress_incremental(base: str | os.PathLike, dataset: str | os.PathLike, out: str | os.PathLike,
                          snapshot_ts: int, *, workers: int = 1, overwrite: bool = False, progress: bool = True,
+                         split_by: str | EllipsisType | None = ...,
                          _after_part: Callable[[int], None] | None = None) -> CompressSummary:
     """Fold the behaviors in ``[base snapshot, snapshot_ts)`` into the clusters of ``base``; write ``out``.
 
-    Each new behavior (oldest first) joins the nearest cluster of its completion group that has fewer than
-    gamma members, else opens a new cluster (:func:`twinv2.compress.cluster.assign_incremental`); running
-    means, centroids and representatives are updated. The configuration, seed, embedding table and part
-    layout are those of ``base``, which is never modified. Resumable like :func:`compress_dataset`.
+    Each new behavior (oldest first) joins the nearest cluster of its completion group (and, if ``base``
+    was built with ``split_by``, of its value of that categorical) that has fewer than gamma members, else
+    opens a new cluster (:func:`twinv2.compress.cluster.assign_incremental`); running means, centroids and
+    representatives are updated. The configuration, seed, embedding table and part layout are those of
+    ``base``, which is never modified. Resumable like :func:`compress_dataset`.
+
+    Args:
+        split_by: ``...`` (default) keeps the base's ``split_by``; a name or None states the split the
+            caller expects, and a base built with another one is refused.
 
     Raises:
-        CompressionError: ``base`` unfinished or from another dataset, ``snapshot_ts`` not after its
-            snapshot, or ``out`` equal to ``base``.
+        CompressionError: ``base`` unfinished or from another dataset or another ``split_by``,
+            ``snapshot_ts`` not after its snapshot, or ``out`` equal to ``base``.
     """
     start = time.perf_counter()
     base, dataset, out = Path(base), Path(dataset), Path(out)
@@ -492,6 +524,11 @@ def compress_incremental(base: str | os.PathLike, dataset: str | os.PathLike, ou
         raise CompressionError(f"{base}: averaged features {base_manifest['mean_features']} differ from the "
                                f"dataset's {mean_feature_names(ds.manifest)}")
     config = ClusterConfig(**base_manifest["cluster_config"])
+    if split_by is not ... and split_by != config.split_by:
+        raise CompressionError(f"{base}: built with --split-by {config.split_by or 'none'}, not "
+                               f"{split_by or 'none'}: an incremental run keeps its base's clustering (omit "
+                               "--split-by to keep it, or compress from scratch)")
+    check_split_by(config.split_by, ds)
     table_array = load_npy(base / EMBEDDINGS_FILE)
     if table_array.shape != (ds.manifest.num_items + 1, base_manifest["embedding_dim"]):
         raise EmbeddingError(f"{base / EMBEDDINGS_FILE}: dimension mismatch: shape {table_array.shape}, expected "
@@ -509,6 +546,7 @@ def compress_incremental(base: str | os.PathLike, dataset: str | os.PathLike, ou
         "snapshot_ts": snapshot_ts, "cluster_config": asdict(config), "seed": seed,
         "users_per_part": users_per_part, "embeddings": table.source, "embedding_dim": table.dim,
         "embeddings_sha256": table.sha256(), "mean_features": base_manifest["mean_features"],
+        "member_share_features": _categorical_names(ds),
         "base": {"path": str(base.resolve()), "snapshot_ts": old_snapshot,
                  "num_clusters": base_manifest["num_clusters"], "job": base_manifest.get("job")},
     }
@@ -528,7 +566,7 @@ def compress_incremental(base: str | os.PathLike, dataset: str | os.PathLike, ou
             return np.searchsorted(cuts, new, side="left").astype(np.int8)
 
     comp = UserCompressor(table.table, _item_numerics(ds), list(h.cross), mean_feature_names(ds.manifest), config,
-                          snapshot_ts, seed)
+                          snapshot_ts, seed).with_item_categoricals(ds.items, _categorical_names(ds))
     return _run(ds, out, params, comp, table, lo_rows, hi_rows, backend="local", workers=workers,
                 overwrite=overwrite, progress=progress, spark_master=None, base=base,
                 group_cuts=group_cuts, after_part=_after_part, start=start,

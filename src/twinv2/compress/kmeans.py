@@ -665,7 +665,8 @@ def incremental_assign(centroids, sizes, groups, num_clusters, Xnew, gnew, gamma
     ``Xnew`` (float32 ``[M, d]``, group ``gnew[i]``) joins the nearest centroid of its group when that
     cluster has fewer than ``gamma`` members (the centroid becomes the running mean), else it opens a new
     cluster at the end. Clusters opened earlier in the same call take part. ``labels`` (int64 ``[M]``)
-    receives the cluster of each row. Returns the new number of clusters.
+    receives the cluster of each row. Returns the new number of clusters. ``groups`` and ``gnew`` may be
+    any integer keys of one dtype (the caller passes int64 (split value, group) keys with ``split_by``).
     """
     M, d = Xnew.shape
     nc = num_clusters
@@ -763,7 +764,8 @@ def warmup() -> float:
     leaf_means(X, order, starts, ends, out)
     scatter_labels(dest, order, starts, ends, np.empty(64, dtype=np.int64))
     cents = np.zeros((4, 4), dtype=np.float32)
-    incremental_assign(cents, np.ones(4, dtype=np.int64), np.zeros(4, dtype=np.int8), 1, X[:3],
-                       np.zeros(3, dtype=np.int8), 20, np.empty(3, dtype=np.int64))
+    for key_type in (np.int8, np.int64):  # completion groups; (split value, group) keys with split_by
+        incremental_assign(cents.copy(), np.ones(4, dtype=np.int64), np.zeros(4, dtype=key_type), 1, X[:3],
+                           np.zeros(3, dtype=key_type), 20, np.empty(3, dtype=np.int64))
     lloyd_from_centers(X, X[:2].copy(), 5)
     return time.perf_counter() - t0

@@ -142,7 +142,7 @@ def run_spark_parts(comp: UserCompressor, ds: Dataset, out: Path, pending: list[
     finally:
         if created:
             spark.stop()
-    schema = virtual_item_schema(comp.mean_names)
+    schema = virtual_item_schema(comp.mean_names, comp.share_names)
     dim = int(comp.embeddings.shape[1])  # type: ignore[union-attr]
     for p in pending:
         if p not in done:
@@ -156,7 +156,7 @@ def _run_stages(spark: Any, comp: UserCompressor, ds: Dataset, out: Path, pendin
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
-    schema = virtual_item_schema(comp.mean_names)
+    schema = virtual_item_schema(comp.mean_names, comp.share_names)
     dim = int(comp.embeddings.shape[1])  # type: ignore[union-attr]
     cross_names = list(comp.cross_names)
     comp_bc = spark.sparkContext.broadcast(comp)

@@ -12,7 +12,11 @@ Rows of one user are sorted by ``last_ts`` ascending (most recent cluster last).
 ``user_id``, ``rep_item_id``, ``cluster_size``, ``completion_group``, ``first_ts``, ``last_ts``,
 ``mean_ts``, one ``mean_<name>`` float32 per feature of :func:`mean_feature_names`, ``mean_sq_dist``
 (mean squared distance of the members to the centroid, in the clustered space) and ``centroid``
-(list<float32> of length d: the mean of the members' clustered embeddings, needed by incremental updates).
+(list<float32> of length d: the mean of the members' clustered embeddings, needed by incremental updates),
+then, for every inherent categorical ``<name>`` listed in the manifest's ``member_share_features``,
+``majority_share_<name>`` and ``rep_share_<name>`` (float32: the share of the members holding the
+cluster's most frequent value, and the share holding the representative's value; NaN where an incremental
+update could not know it). Folders written before those columns existed have no such list.
 """
 
 from __future__ import annotations
@@ -36,9 +40,11 @@ __all__ = [
     "KIND",
     "CompressedLifeCycles",
     "load_compressed",
+    "load_member_shares",
     "mean_feature_names",
     "members_per_user",
     "read_compressed_manifest",
+    "share_columns",
     "virtual_item_schema",
 ]
 
@@ -87,12 +93,20 @@ def mean_feature_names(manifest: Manifest) -> list[str]:
     return names
 
 
-def virtual_item_schema(mean_names: list[str]) -> pa.Schema:
-    """Arrow schema of a part file for the given averaged features (see the module docstring)."""
+def share_columns(name: str) -> tuple[str, str]:
+    """The part columns of inherent categorical ``name``: ``(majority_share_<name>, rep_share_<name>)``."""
+    return f"majority_share_{name}", f"rep_share_{name}"
+
+
+def virtual_item_schema(mean_names: list[str], share_names: list[str] | tuple[str, ...] = ()) -> pa.Schema:
+    """Arrow schema of a part file for the given averaged features and member-share categoricals (see the
+    module docstring)."""
     fields = [pa.field(name, t, nullable=False) for name, t in BASE_COLUMNS.items()]
     fields += [pa.field(f"mean_{n}", pa.float32(), nullable=False) for n in mean_names]
     fields.append(pa.field("mean_sq_dist", pa.float32(), nullable=False))
     fields.append(pa.field("centroid", pa.list_(pa.float32()), nullable=False))
+    for n in share_names:
+        fields += [pa.field(c, pa.float32(), nullable=False) for c in share_columns(n)]
     return pa.schema(fields)
 
 
@@ -286,6 +300,36 @@ def load_compressed(path: str | os.PathLike, *, with_centroids: bool = False) ->
         manifest=manifest,
         centroids=cols.get("centroid"),
     )
+
+
+def load_member_shares(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
+    """Per inherent categorical, the ``(majority_share, rep_share)`` float32 ``[C]`` columns of a finished
+    folder, rows in the order of :func:`load_compressed`; None for a folder written before they existed.
+
+    Raises:
+        DataValidationError: unfinished run, or a part file without the columns its manifest lists.
+    """
+    path = Path(path)
+    manifest = read_compressed_manifest(path)
+    names = manifest.get("member_share_features")
+    if names is None:
+        return None
+    wanted = [c for n in names for c in share_columns(n)]
+    tables = []
+    for part in manifest["partitions"]:
+        file = path / part["file"]
+        try:
+            tables.append(pq.read_table(file, columns=wanted))
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise DataValidationError(str(file), None, f"a part file with columns {wanted}",
+                                      str(exc).splitlines()[0]) from exc
+    schema = pa.schema([pa.field(c, pa.float32()) for c in wanted])
+    table = pa.concat_tables(tables) if tables else schema.empty_table()
+    out = {}
+    for n in names:
+        majority_col, rep_col = share_columns(n)
+        out[n] = tuple(table.column(c).to_numpy().astype(np.float32, copy=False) for c in (majority_col, rep_col))
+    return out  # type: ignore[return-value]
 
 
 def check_compressed_output(path: str | os.PathLike) -> None:

@@ -2,7 +2,10 @@
 
 Numeric features are means over the members; categorical features come from the representative item, the
 member closest to the cluster centroid (so the cached projection of a real item serves the virtual item);
-plus the size n and the first, last and mean member timestamps.
+plus the size n and the first, last and mean member timestamps. Given the members' values of the dataset's
+inherent categoricals, each virtual item also records, per categorical, how well one value describes its
+members (:func:`member_value_counts`): the share of members holding the cluster's most frequent value
+(``majority_share_<name>``) and the share holding the representative's value (``rep_share_<name>``).
 
 These are pure functions over one user's arrays; the job (:mod:`twinv2.compress.job`) feeds them. They do
 no input validation: the job validated the embeddings and features before calling them.
@@ -10,13 +13,16 @@ no input validation: the job validated the embeddings and features before callin
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import numpy as np
 
-from twinv2.compress.store import GAP_FEATURE, Columns
+from twinv2.compress.store import GAP_FEATURE, Columns, share_columns
 
 __all__ = [
     "build_virtual_items",
     "canonical_order",
+    "member_value_counts",
     "normalize_rows",
     "sort_by_recency",
     "update_virtual_items",
@@ -42,9 +48,54 @@ def canonical_order(ts: np.ndarray, item_id: np.ndarray, label: np.ndarray,
     return np.lexsort(keys)
 
 
+def member_value_counts(labels: np.ndarray, values: np.ndarray, rep_value: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Per cluster, how many members hold its most frequent value and how many hold ``rep_value``.
+
+    Args:
+        labels: int ``[N]`` cluster of each member, in ``[0, C)``.
+        values: int ``[N]`` categorical code of each member.
+        rep_value: int ``[C]`` the value to count per cluster (its representative's).
+    Returns:
+        ``(majority_count, rep_count)``, int64 ``[C]`` each (0 for a cluster without members). One sort of
+        ``N`` integer keys: about 5 ms per 10^5 members.
+    """
+    num_clusters = len(rep_value)
+    majority = np.zeros(num_clusters, np.int64)
+    rep = np.zeros(num_clusters, np.int64)
+    if len(labels) == 0:
+        return majority, rep
+    labels = np.asarray(labels, np.int64)
+    values = np.asarray(values, np.int64)
+    lo = int(values.min())
+    span = int(values.max()) - lo + 1
+    if num_clusters * span < 2**62:  # one sort of packed (label, value) keys
+        key = np.sort(labels * span + (values - lo))
+        new_run = np.concatenate([[True], key[1:] != key[:-1]])
+        starts = np.flatnonzero(new_run)
+        run_label, run_value = key[starts] // span, key[starts] % span + lo
+    else:
+        order = np.lexsort((values, labels))
+        sl, sv = labels[order], values[order]
+        starts = np.flatnonzero(np.concatenate([[True], (sl[1:] != sl[:-1]) | (sv[1:] != sv[:-1])]))
+        run_label, run_value = sl[starts], sv[starts]
+    lengths = np.diff(np.append(starts, len(labels)))
+    first = np.flatnonzero(np.concatenate([[True], run_label[1:] != run_label[:-1]]))
+    majority[run_label[first]] = np.maximum.reduceat(lengths, first)
+    hit = run_value == np.asarray(rep_value, np.int64)[run_label]
+    rep[run_label[hit]] = lengths[hit]  # a (label, value) pair is one run
+    return majority, rep
+
+
+def _shares(out: Columns, name: str, majority: np.ndarray, rep: np.ndarray) -> None:
+    majority_col, rep_col = share_columns(name)
+    out[majority_col] = majority.astype(np.float32)
+    out[rep_col] = rep.astype(np.float32)
+
+
 def build_virtual_items(user_id: int, labels: np.ndarray, groups: np.ndarray, x: np.ndarray,
                         item_id: np.ndarray, ts: np.ndarray, features: dict[str, np.ndarray],
-                        snapshot_ts: int) -> Columns:
+                        snapshot_ts: int, categoricals: dict[str, np.ndarray] | None = None) -> Columns:
     """Virtual items of one user's clusters, in cluster-index order.
 
     Args:
@@ -56,6 +107,8 @@ def build_virtual_items(user_id: int, labels: np.ndarray, groups: np.ndarray, x:
         features: per-behavior values ``[N]`` keyed by feature name (every name of
             :func:`twinv2.compress.store.mean_feature_names` except ``gap_to_snapshot``).
         snapshot_ts: the snapshot; ``mean_gap_to_snapshot = snapshot_ts - mean_ts``.
+        categoricals: optional int ``[N]`` codes per inherent categorical name: adds the float32 ``[C]``
+            columns ``majority_share_<name>`` and ``rep_share_<name>`` (see :func:`member_value_counts`).
     Returns:
         Part columns (see :mod:`twinv2.compress.store`) with ``C`` rows; ``centroid`` is float32 ``[C, d]``.
     """
@@ -92,12 +145,17 @@ def build_virtual_items(user_id: int, labels: np.ndarray, groups: np.ndarray, x:
     out[f"mean_{GAP_FEATURE}"] = (snapshot_ts - mean_ts).astype(np.float32)
     out["mean_sq_dist"] = mean(dist2).astype(np.float32)
     out["centroid"] = centroid
+    for name, values in (categoricals or {}).items():
+        majority, rep = member_value_counts(labels, values, values[rep_rows])
+        _shares(out, name, majority / sizes, rep / sizes)
     return out
 
 
 def update_virtual_items(user_id: int, old: Columns, labels: np.ndarray, groups: np.ndarray, sizes: np.ndarray,
                          x_new: np.ndarray, rep_x_old: np.ndarray, item_id_new: np.ndarray,
-                         ts_new: np.ndarray, features_new: dict[str, np.ndarray], snapshot_ts: int) -> Columns:
+                         ts_new: np.ndarray, features_new: dict[str, np.ndarray], snapshot_ts: int,
+                         categoricals_new: dict[str, np.ndarray] | None = None, pure: Collection[str] = ()
+                         ) -> Columns:
     """Fold new behaviors into a user's existing virtual items (running means, DESIGN §2.3).
 
     Args:
@@ -110,12 +168,17 @@ def update_virtual_items(user_id: int, old: Columns, labels: np.ndarray, groups:
         rep_x_old: float32 ``[C, d]`` normalised embeddings of the old representatives.
         item_id_new, ts_new: int64 ``[M]``; features_new: ``[M]`` values per feature name.
         snapshot_ts: the new snapshot.
+        categoricals_new: optional int ``[M]`` codes of the new behaviors per inherent categorical: adds the
+            ``majority_share_<name>`` and ``rep_share_<name>`` float32 ``[C']`` columns.
+        pure: names of categoricals no cluster mixes (the ``split_by`` categorical): both shares are 1.
     Returns:
         ``C'`` rows: rows ``0..C-1`` are the old clusters in input order, then the new ones.
 
     Means, the centroid and the mean squared distance are updated exactly (up to float rounding) from the
     stored means and sizes. The members of old clusters are not stored, so the representative becomes the
-    closest to the new centroid among the old representative and the new members.
+    closest to the new centroid among the old representative and the new members. For the same reason the
+    member shares are exact for new clusters and for old clusters that received no new member (their old
+    values are kept, NaN if ``old`` lacks them), and NaN (unknown) for old clusters that grew.
     """
     num_old, num_all = len(old["rep_item_id"]), len(groups)
     n_old = np.zeros(num_all, np.int64)
@@ -158,10 +221,11 @@ def update_virtual_items(user_id: int, old: Columns, labels: np.ndarray, groups:
     dist2 = np.einsum("ij,ij->i", diff, diff)
     by_distance = np.lexsort((np.arange(len(cand_cluster)), dist2, cand_cluster))
     first_candidate = np.searchsorted(cand_cluster[by_distance], np.arange(num_all))
+    rep_candidate = by_distance[first_candidate]  # [C'] candidate index: < C an old rep, else C + new row
 
     out: Columns = {
         "user_id": np.full(num_all, user_id, np.int64),
-        "rep_item_id": cand_item[by_distance[first_candidate]],
+        "rep_item_id": cand_item[rep_candidate],
         "cluster_size": n.astype(np.int64),
         "completion_group": np.asarray(groups, dtype=np.int8),
         "first_ts": first_ts,
@@ -173,6 +237,24 @@ def update_virtual_items(user_id: int, old: Columns, labels: np.ndarray, groups:
     out[f"mean_{GAP_FEATURE}"] = (snapshot_ts - mean_ts).astype(np.float32)
     out["mean_sq_dist"] = mean_sq_dist.astype(np.float32)
     out["centroid"] = centroid32
+    if categoricals_new is not None:
+        grown = added[:num_old] > 0
+        in_new = labels >= num_old
+        for name, values in categoricals_new.items():
+            majority_col, rep_col = share_columns(name)
+            majority = np.full(num_all, np.nan, np.float64)
+            rep = np.full(num_all, np.nan, np.float64)
+            if name in pure:
+                majority[:], rep[:] = 1.0, 1.0
+            else:
+                if majority_col in old and rep_col in old:
+                    majority[:num_old] = np.where(grown, np.nan, old[majority_col])
+                    rep[:num_old] = np.where(grown, np.nan, old[rep_col])
+                rep_value = np.asarray(values)[rep_candidate[num_old:] - num_old]
+                m_new, r_new = member_value_counts(labels[in_new] - num_old, np.asarray(values)[in_new], rep_value)
+                majority[num_old:] = m_new / n[num_old:]
+                rep[num_old:] = r_new / n[num_old:]
+            _shares(out, name, majority, rep)
     return out
 
 

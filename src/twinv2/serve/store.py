@@ -164,13 +164,25 @@ class Folder:
 
 def make_folder(compressed_manifest: dict[str, Any] | None, embeddings: np.ndarray | None,
                 item_numerics: dict[str, np.ndarray], cross_names: list[str], raw_cap: int,
-                context: int) -> Folder:
-    """The :class:`Folder` of a compression version (``compressed_manifest`` None: a raw-sequence model)."""
+                context: int, item_categoricals: dict[str, np.ndarray] | None = None) -> Folder:
+    """The :class:`Folder` of a compression version (``compressed_manifest`` None: a raw-sequence model).
+
+    ``item_categoricals`` (int ``[num_items + 1]`` per inherent categorical) lets the fold keep a version's
+    clusters pure when it was built with ``split_by``, and record member shares as the job does."""
     if compressed_manifest is None or embeddings is None:
         return Folder(None, cross_names, raw_cap, context)
     config = ClusterConfig(**compressed_manifest["cluster_config"])
     comp = UserCompressor(embeddings, item_numerics, list(cross_names), list(compressed_manifest["mean_features"]),
                           config, int(compressed_manifest["snapshot_ts"]), int(compressed_manifest["seed"]))
+    names = list(compressed_manifest.get("member_share_features") or [])
+    if config.split_by is not None and config.split_by not in names:
+        names.append(config.split_by)
+    if names:
+        missing = [n for n in names if n not in (item_categoricals or {})]
+        if missing:
+            raise ConfigError(f"the compression version clusters by or records {', '.join(missing)}, which the "
+                              f"model's item table does not have")
+        comp = comp.with_item_categoricals(item_categoricals, names)
     return Folder(comp, list(cross_names), raw_cap, context)
 
 
