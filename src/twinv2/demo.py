@@ -14,9 +14,13 @@ Stages (each one a library call, each timed and shown with a progress bar):
    built before it, as serving would, so training sees the raw/virtual mix the test sees. Why co-occurrence
    rather than the item table of a short ``twin`` run: it costs seconds instead of a training run, needs no
    labels, and uses only pre-snapshot behaviors;
-4. **train**: every requested model with the same budgets (GSU length L, ESU size k, samples, epochs);
-5. **evaluate** on the test window: AUC, GAUC, log loss, overall and per activity tertile, plus the GSU
-   diagnostics of the two-stage models and the data's life-cycle headroom;
+4. **train**: every requested model with the same budgets (GSU length L, ESU size k, samples, epochs):
+   by default ``twinv2``, ``twin`` and ``sim_hard`` (the category filter a user would compare them with);
+5. **evaluate** on the test window: AUC, GAUC, log loss, overall, per activity tertile and per headroom
+   bucket (the distance to the user's previous behavior of the target's category: within 50, within L,
+   beyond L, never; ``beyond_L`` holds the samples where only a life-cycle model sees category evidence),
+   plus the GSU diagnostics of the two-stage models (with the ground-truth NDCG@k of the kept set beside
+   ``sim_hard``'s) and the data's life-cycle headroom;
 6. **report**: ``OUT/report.md`` with PNG plots in ``OUT/plots/`` and every number in ``OUT/summary.json``.
 
 The default budget (:data:`DEFAULT_BUDGET`) is sized for well under 15 minutes on 2 CPU cores; ``--quick``
@@ -40,6 +44,7 @@ from rich.table import Table
 
 from twinv2 import __version__
 from twinv2._io import write_json_atomic
+from twinv2.data.headroom import SAMPLE_BUCKETS
 from twinv2.data.split import TemporalSplit, make_samples
 from twinv2.data.store import Dataset, load_dataset
 from twinv2.errors import CompressionError, ConfigError
@@ -49,7 +54,7 @@ from twinv2.train.report import bar_plot, grouped_bar_plot, line_plot, markdown_
 
 __all__ = ["DEFAULT_BUDGET", "QUICK_BUDGET", "DemoBudget", "DemoResult", "run_demo"]
 
-DEMO_MODELS = ("twinv2", "twin")
+DEMO_MODELS = ("twinv2", "twin", "sim_hard")
 
 
 @dataclass(frozen=True)
@@ -92,7 +97,7 @@ class DemoBudget:
 # (about a fifth of the test positives have their previous same-category behavior more than 500 behaviors
 # back). Sized for 15 minutes on 2 CPU cores with the set-up: the four compressions of 4-5 M behaviors
 # each take the largest share; one torch thread trains twin / twinv2 at L = 500 at ~2,000 samples/s on
-# an idle core, so 100,000 samples take under a minute per model.
+# an idle core, so 100,000 samples take under a minute per model (sim_hard about 1.5 times faster).
 DEFAULT_BUDGET = DemoBudget(scale="lifecycle", long_len=500, esu_size=100, batch_size=256, epochs=1,
                             max_train_samples=100_000, max_valid_samples=10_000, max_test_samples=50_000)
 QUICK_BUDGET = DemoBudget(scale="small", long_len=100, esu_size=20, batch_size=128, epochs=1,
@@ -178,8 +183,8 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, models: list[str] | tuple[
 
     Args:
         out: run folder (created; a dataset of the same scale and seed inside it is reused).
-        models: long-term modules to train (default ``["twinv2", "twin"]``; ``None`` from ``--all-models``
-            means every model).
+        models: long-term modules to train (default :data:`DEMO_MODELS`: twinv2, twin, sim_hard; ``None``
+            from ``--all-models`` means every model).
         scale: synthetic scale (default: the budget's, ``default``; ``small`` with ``quick``).
         quick: the small budget (:data:`QUICK_BUDGET`).
         budget: explicit budget (overrides ``quick``).
@@ -335,6 +340,11 @@ def _plots(folder: Path, results: dict[str, Any], models: list[str]) -> dict[str
             {m: ([p[0] for p in results["models"][m]["loss_curve"]], [p[1] for p in results["models"][m]["loss_curve"]])
              for m in models}, xlabel="training step", ylabel="running log loss", title="Training loss"),
     }
+    if all(tests[m].get("buckets") for m in models):
+        plots["gauc_by_bucket"] = grouped_bar_plot(
+            folder / "gauc_by_bucket.png", models, list(SAMPLE_BUCKETS),
+            [[tests[m]["buckets"][b]["gauc"] for b in SAMPLE_BUCKETS] for m in models],
+            ylabel="test GAUC", title="Test GAUC by headroom bucket (previous same-category behavior)")
     return plots
 
 
@@ -344,15 +354,18 @@ def _fmt(x: Any, digits: int = 4) -> str:
 
 def _summary_table(results: dict[str, Any], models: list[str]) -> Table:
     table = Table(title="twinv2 demo: test window")
-    for col in ("model", "AUC", "GAUC", "log loss", "GAUC high-activity", "GSU category recall", "train samples/s"):
+    for col in ("model", "AUC", "GAUC", "log loss", "GAUC high-activity", "GAUC beyond L", "GSU category recall",
+                "GT NDCG@k", "train samples/s"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for m in models:
         r = results["models"][m]
         t = r["test"]
         diag = t.get("diagnostics", {})
+        beyond = (t.get("buckets") or {}).get("beyond_L", {})
         table.add_row(m, _fmt(t["auc"]), _fmt(t["gauc"]), _fmt(t["logloss"]), _fmt(t["groups"]["high"]["gauc"]),
+                      _fmt(beyond.get("gauc")),
                       _fmt(diag.get("category_recall"), 3) if diag.get("learned_gsu") else "n/a",
-                      f"{r['samples_per_second']:.0f}")
+                      _fmt(diag.get("gt_ndcg"), 3), f"{r['samples_per_second']:.0f}")
     h = results.get("headroom", {})
     if h.get("shares"):
         table.caption = (f"life-cycle headroom: {h['shares']['beyond_L']:.1%} of test clicks have their previous "
@@ -391,23 +404,59 @@ def _diagnostics_lines(results: dict[str, Any], models: list[str]) -> list[str]:
             f"the last 50 behaviors for {sh['within_50']:.1%}, within L = {h['long_len']} for {sh['within_L']:.1%}, "
             f"beyond L for {sh['beyond_L']:.1%} (beyond 10 L: {sh['beyond_10L']:.1%}); {sh['never']:.1%} have "
             "none. Only the beyond-L share is out of reach of a model reading the L most recent behaviors.", ""]
-    learned = [m for m in models if results["models"][m]["test"].get("diagnostics", {}).get("learned_gsu")]
+    tests = {m: results["models"][m]["test"] for m in models}
+    if all(tests[m].get("buckets") for m in models):
+        first = tests[models[0]]
+        bounds = first["bucket_definition"]["bounds"]
+        rows = [[b, bounds[b], f"{first['buckets'][b]['num_samples']:,}"]
+                + [f"{_fmt(tests[m]['buckets'][b]['auc'])} / {_fmt(tests[m]['buckets'][b]['gauc'])}" for m in models]
+                for b in SAMPLE_BUCKETS]
+        lines += [
+            "**Per headroom bucket** (every test sample, clicked or not, by how many behaviors back the user's "
+            "previous behavior of the target's category lies; AUC / GAUC): `beyond_L` holds the samples where "
+            "only a life-cycle model sees category evidence, so twinv2's gain, or its absence, shows there.",
+            "",
+            markdown_table(["bucket", "behaviors back", "samples"] + [f"{m} AUC / GAUC" for m in models], rows,
+                           align="llr" + "r" * len(models)), ""]
+    learned = [m for m in models if tests[m].get("diagnostics", {}).get("learned_gsu")]
     if learned:
         rows = []
         for m in learned:
-            d = results["models"][m]["test"]["diagnostics"]
+            d = tests[m]["diagnostics"]
             rows.append([m, _fmt(d["category_hit_rate"], 3), _fmt(d["category_share_in_long"], 3),
                          _fmt(d["category_recall"], 3), _fmt(d["relevance_abs"], 2), _fmt(d["cross_bias_abs"], 2),
-                         _fmt(d["log_size_abs"], 2), _fmt(d["virtual_share"], 3),
-                         _fmt(d["selected_age_days_median"], 1)])
+                         _fmt(d.get("match_abs"), 2), _fmt(d["log_size_abs"], 2), _fmt(d["virtual_share"], 3),
+                         _fmt(d["selected_age_days_median"], 1), _fmt(d.get("esu_weight_same_category"), 3),
+                         _fmt(d.get("esu_weight_same_category_uniform"), 3),
+                         _fmt(d.get("beyond_L_virtual_kept_share"), 3),
+                         _fmt(d.get("beyond_L_esu_weight_same_category"), 3)])
         lines += [
             "GSU diagnostics on the test samples (`twinv2 evaluate --diagnostics`): the share of the k kept "
             "behaviors that have the target's category (hit rate) beside that share over all L, the share of the "
             "target-category behaviors within L that the GSU keeps (recall, up to k; a category filter keeps all), "
-            "the mean size of the score's terms over the kept, the share of virtual items kept and their median age.",
+            "the mean size of the score's terms over the kept, the share of virtual items kept and their median "
+            "age; the ESU's attention on the kept of the target's category (samples with any; beside what a "
+            "uniform ESU would give); for the beyond-L samples, the share where the GSU kept a virtual item of the "
+            "target's category and the ESU weight it got (n/a for raw sequences, which hold none).",
             "",
-            markdown_table(["model", "hit rate", "share in L", "recall", "|relevance|", "|cross bias|", "ln n",
-                            "virtual share", "median age (days)"], rows), ""]
+            markdown_table(["model", "hit rate", "share in L", "recall", "|relevance|", "|cross bias|", "|match|",
+                            "ln n", "virtual share", "median age (days)", "ESU weight on category",
+                            "if uniform", "beyond L: virtual kept", "beyond L: ESU weight"], rows), ""]
+    gt = [m for m in models if tests[m].get("diagnostics", {}).get("gt_ndcg") is not None]
+    if gt:
+        d0 = tests[gt[0]]["diagnostics"]
+        rows = [[m, _fmt(tests[m]["diagnostics"]["gt_ndcg"], 3), _fmt(tests[m]["diagnostics"]["gt_gain_share"], 3),
+                 _fmt(tests[m]["diagnostics"]["gt_dcg"], 2), _fmt(tests[m]["diagnostics"]["gt_ndcg_sim_hard"], 3),
+                 _fmt(tests[m]["diagnostics"]["gt_ndcg_recent"], 3)] for m in gt]
+        lines += [
+            f"**Ground-truth retrieval quality** (synthetic data): NDCG@k of the kept set in the GSU's order, "
+            f"true relevance = {d0['gt_relevance']}; the ideal is the k most relevant items of the model's own "
+            "sequence (twinv2's holds virtual items of the whole life cycle), so DCG@k (absolute) compares the "
+            "kept sets across models; sim_hard's selection and the k most recent raw behaviors on the same samples "
+            "beside it.",
+            "",
+            markdown_table(["model", "NDCG@k", "gain share (order-free)", "DCG@k", "sim_hard NDCG@k",
+                            "k most recent NDCG@k"], rows), ""]
     return lines
 
 
@@ -438,14 +487,20 @@ def _report_markdown(results: dict[str, Any], plots: dict[str, Path], out: Path)
               f"{r['wall_seconds']:.0f} s"] for m, r in results["models"].items()]),
         "",
     ]
-    if "twinv2" in models and "twin" in models:
-        a, t = results["models"]["twinv2"]["test"], results["models"]["twin"]["test"]
-        lines += [
-            f"twinv2 - twin: GAUC {a['gauc'] - t['gauc']:+.4f}, AUC {a['auc'] - t['auc']:+.4f}, log loss "
-            f"{a['logloss'] - t['logloss']:+.4f}. This is one seed: differences of a few 0.001 are within "
-            "seed noise; `benchmarks/quality.py` reports mean ± std over seeds (see benchmarks/RESULTS.md).",
-            "",
-        ]
+    pairs = [(one, other) for one, other in (("twinv2", "twin"), ("twinv2", "sim_hard"), ("twin", "sim_hard"))
+             if one in models and other in models]
+    if pairs:
+        diffs = []
+        for one, other in pairs:
+            x, y = results["models"][one]["test"], results["models"][other]["test"]
+            beyond = ""
+            if x.get("buckets") and y.get("buckets"):
+                beyond = f", beyond-L GAUC {x['buckets']['beyond_L']['gauc'] - y['buckets']['beyond_L']['gauc']:+.4f}"
+            diffs.append(f"{one} - {other}: GAUC {x['gauc'] - y['gauc']:+.4f}, AUC {x['auc'] - y['auc']:+.4f}, "
+                         f"log loss {x['logloss'] - y['logloss']:+.4f}{beyond}")
+        lines += ["; ".join(diffs) + ". This is one seed: differences of a few 0.001 are within seed noise; "
+                  "`benchmarks/quality.py` compares models paired over seeds on the whole test window (see "
+                  "benchmarks/RESULTS.md).", ""]
     lines += _diagnostics_lines(results, models)
     lines += [
         f"![GAUC by model]({rel['gauc_by_model']})",
@@ -464,6 +519,8 @@ def _report_markdown(results: dict[str, Any], plots: dict[str, Path], out: Path)
                     + [_fmt(results["models"][m]["test"]["groups"][g]["gauc"]) for m in models])
     lines += [markdown_table(["activity", "history length", "users", "samples"] + [f"GAUC {m}" for m in models],
                              rows), "", f"![GAUC by activity group]({rel['gauc_by_group']})", ""]
+    if "gauc_by_bucket" in rel:
+        lines += [f"![GAUC by headroom bucket]({rel['gauc_by_bucket']})", ""]
     lines += [
         "## What was run",
         "",

@@ -202,3 +202,41 @@ def test_describe_headroom_options_fail_cleanly(tiny_dataset_dir, args, match):
     result = CliRunner().invoke(app, ["data", "describe", str(tiny_dataset_dir), *args])
     assert result.exit_code == 2
     assert match in result.output and "Traceback" not in result.output
+
+
+def test_bucket_of_distance_bounds():
+    from twinv2.data.headroom import SAMPLE_BUCKETS, bucket_of_distance
+
+    d = np.array([-1, 1, 50, 51, 500, 501, 10_000])
+    assert [SAMPLE_BUCKETS[b] for b in bucket_of_distance(d, 500)] == [
+        "never", "within_50", "within_50", "within_L", "within_L", "beyond_L", "beyond_L"]
+    # L <= 50: within_L is empty and beyond_L starts right after L.
+    assert [SAMPLE_BUCKETS[b] for b in bucket_of_distance(np.array([3, 4, 60]), 3)] == [
+        "within_50", "beyond_L", "beyond_L"]
+
+
+def test_sample_headroom_buckets_on_a_hand_built_history():
+    from twinv2.data.headroom import SAMPLE_BUCKETS, sample_headroom_buckets
+    from twinv2.data.split import Samples
+
+    # One user, 8 behaviors; items 1, 3 -> category 1, item 2 -> 2, item 4 -> unknown 0.
+    category = np.array([0, 1, 2, 1, 0])
+    item_id = np.array([1, 2, 2, 2, 3, 1, 4, 2])
+    ts = np.array([0, 1, 2, 3, 4, 4, 5, 6])
+    label = np.array([1, 0, 0, 0, 0, 1, 1, 0])  # clicked or not, every sample gets a bucket
+    ds = _dataset([8], item_id, ts, label, category)
+    rows = np.arange(8)
+    samples = Samples(user_id=np.zeros(8, np.int64), ts=ts, item_id=item_id, label=label.astype(np.int8),
+                      event_row=rows)
+    got = sample_headroom_buckets(ds, samples, long_len=2)
+    # Row 0: no history -> never; row 1 (cat 2): none before -> never; row 2 (cat 2): row 1, 1 back;
+    # row 3: row 2, 1 back; row 4 (ts 4, cat 1): history rows 0..3, row 0 is 4 back; row 5 (same ts 4,
+    # cat 1): same history, 4 back; row 6 (cat 0): never; row 7 (cat 2): rows 0..6, row 3 is 4 back.
+    assert got.distance.tolist() == [-1, -1, 1, 1, 4, 4, -1, 4]
+    assert [SAMPLE_BUCKETS[b] for b in got.bucket] == [
+        "never", "never", "within_50", "within_50", "beyond_L", "beyond_L", "never", "beyond_L"]
+    assert got.category == "category_id" and got.long_len == 2
+    wide = sample_headroom_buckets(ds, samples, long_len=60)
+    assert [SAMPLE_BUCKETS[b] for b in wide.bucket][4:6] == ["within_50", "within_50"]
+    with pytest.raises(ConfigError, match="long_len=0"):
+        sample_headroom_buckets(ds, samples, long_len=0)

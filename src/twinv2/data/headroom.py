@@ -10,6 +10,10 @@ positives whose previous same-category behavior lies within 50, within ``L``, be
 ``10 L`` or nowhere in the history describe the headroom: a positive beyond ``L`` carries category evidence
 that only a life-cycle model can see.
 
+Per evaluated sample (clicked or not), :func:`sample_headroom_buckets` puts the same distance into one of
+the exclusive :data:`SAMPLE_BUCKETS`, so that a model's AUC/GAUC can be read on the samples where the life
+cycle could pay (``beyond_L``) apart from the others (``twinv2.train.evaluate.metrics_report``).
+
 Example:
     >>> from twinv2.data.store import load_dataset
     >>> from twinv2.data.headroom import life_cycle_headroom
@@ -20,20 +24,24 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from twinv2.data.schema import MANIFEST_NAME, Manifest
-from twinv2.data.split import TemporalSplit
+from twinv2.data.split import Samples, TemporalSplit
 from twinv2.data.store import Dataset
 from twinv2.errors import ConfigError, DataValidationError
 
-__all__ = ["HEADROOM_BUCKETS", "SHORT_LEN", "default_category_column", "life_cycle_headroom",
-           "previous_same_category_distance"]
+__all__ = ["HEADROOM_BUCKETS", "SAMPLE_BUCKETS", "SHORT_LEN", "SampleBuckets", "bucket_of_distance",
+           "default_category_column", "life_cycle_headroom", "previous_same_category_distance",
+           "sample_headroom_buckets"]
 
 SHORT_LEN = 50  # the "within 50" bucket: about the length of a short-term sequence
 HEADROOM_BUCKETS = ("within_50", "within_L", "beyond_L", "beyond_10L", "never")
+# Exclusive per-sample buckets (index = the code of :func:`bucket_of_distance`).
+SAMPLE_BUCKETS = ("within_50", "within_L", "beyond_L", "never")
 _NEVER = -1
 
 
@@ -163,3 +171,76 @@ def life_cycle_headroom(dataset: Dataset, start_ts: int | None = None, end_ts: i
         "shares": {k: (v / n if n else None) for k, v in counts.items()},
         "median_distance": float(np.median(dist[found])) if found.any() else None,
     }
+
+
+@dataclass(frozen=True)
+class SampleBuckets:
+    """The headroom bucket of every evaluated sample.
+
+    Attributes:
+        bucket: int8 ``[N]``, index into :data:`SAMPLE_BUCKETS`.
+        distance: int64 ``[N]``, behaviors back to the user's previous behavior of the target's category
+            (1 = the last behavior before the sample), ``-1`` for none.
+        category: the item column compared; long_len: the ``L`` of the ``within_L`` / ``beyond_L`` bounds.
+    """
+
+    bucket: np.ndarray
+    distance: np.ndarray
+    category: str
+    long_len: int
+
+    def definition(self) -> dict[str, Any]:
+        """JSON-ready description of the buckets (category, L, bounds)."""
+        short = min(SHORT_LEN, self.long_len)
+        return {"category": self.category, "long_len": self.long_len, "short_len": SHORT_LEN,
+                "bounds": {"within_50": f"1..{short}",
+                           "within_L": f"{short + 1}..{self.long_len}" if self.long_len > short else "none (L <= 50)",
+                           "beyond_L": f">{self.long_len}", "never": "none (or unknown category)"}}
+
+
+def bucket_of_distance(distance: np.ndarray, long_len: int) -> np.ndarray:
+    """Exclusive headroom bucket of each distance: int64 ``[Q]`` (-1 = none) -> int8 ``[Q]``.
+
+    Codes index :data:`SAMPLE_BUCKETS`: 0 ``within_50`` (``1 <= d <= min(50, L)``), 1 ``within_L``
+    (``min(50, L) < d <= L``; empty when ``L <= 50``), 2 ``beyond_L`` (``d > L``), 3 ``never`` (``d < 1``).
+    """
+    d = np.asarray(distance, dtype=np.int64)
+    short = min(SHORT_LEN, int(long_len))
+    out = np.full(d.shape, 3, dtype=np.int8)
+    out[(d >= 1) & (d <= short)] = 0
+    out[(d > short) & (d <= long_len)] = 1
+    out[d > long_len] = 2
+    return out
+
+
+def sample_headroom_buckets(dataset: Dataset, samples: Samples, long_len: int,
+                            category: str | None = None) -> SampleBuckets:
+    """The headroom bucket of each sample (clicked or not), for per-bucket metrics and diagnostics.
+
+    The distance is counted in the user's raw behaviors strictly before the sample's timestamp (ties
+    excluded, as in every model sequence), back to the most recent one whose item has the target item's
+    category; see :func:`bucket_of_distance` for the buckets. A target of unknown category (code 0) has no
+    match and lands in ``never``.
+
+    Args:
+        dataset: the loaded dataset; samples: ``N`` samples of it (``event_row`` gives each target event).
+        long_len: ``L``, the GSU input length of the run.
+        category: the inherent categorical item column (default :func:`default_category_column`).
+    Raises:
+        ConfigError: bad ``long_len`` or ``category``; DataValidationError: no inherent categorical column.
+    """
+    if isinstance(long_len, bool) or int(long_len) < 1:
+        raise ConfigError(f"headroom buckets: long_len={long_len!r} should be an integer >= 1")
+    m, h = dataset.manifest, dataset.histories
+    if category is None:
+        category = default_category_column(m)
+    elif category not in {c.name for c in m.item_categoricals}:
+        raise ConfigError(f"headroom buckets: category={category!r} should be one of the dataset's inherent "
+                          f"categorical columns {[c.name for c in m.item_categoricals]}")
+    rows = np.asarray(samples.event_row, dtype=np.int64)
+    users = np.asarray(samples.user_id, dtype=np.int64)
+    event_category = dataset.items[category].astype(np.int64)[h.item_id]  # [E]
+    ends = h.end_before(users, np.asarray(samples.ts, dtype=np.int64))
+    dist = previous_same_category_distance(h.offsets, event_category, rows, ends)
+    return SampleBuckets(bucket=bucket_of_distance(dist, int(long_len)), distance=dist, category=category,
+                         long_len=int(long_len))

@@ -7,6 +7,13 @@ never straddles two groups and per-group GAUC is well defined). The two threshol
 quantiles of that length over the distinct users who appear in the evaluated samples (each user counted
 once, not weighted by impressions): ``low`` = length <= q1, ``mid`` = q1 < length <= q2, ``high`` =
 length > q2. On tie-heavy data a group can be empty; it is then reported with zero samples.
+
+Headroom buckets (DESIGN §3, "how far from the limit"): every evaluated sample is also put in one of
+``within_50``, ``within_L``, ``beyond_L``, ``never`` by how far back, in the user's raw behaviors before the
+sample, the previous behavior of the target's category lies
+(:func:`twinv2.data.headroom.sample_headroom_buckets`, ``L`` = the run's GSU input length). The
+``beyond_L`` samples are the ones where only a life-cycle model can see category evidence; AUC and GAUC per
+bucket say whether a model gains there.
 """
 
 from __future__ import annotations
@@ -24,9 +31,10 @@ from rich.console import Console
 
 from twinv2._progress import make_progress
 from twinv2.data.batches import BatchBuilder
+from twinv2.data.headroom import SAMPLE_BUCKETS, SampleBuckets, sample_headroom_buckets
 from twinv2.data.split import SPLITS, Samples, make_samples
 from twinv2.data.store import Dataset, load_dataset
-from twinv2.errors import ConfigError
+from twinv2.errors import ConfigError, DataValidationError
 from twinv2.models import CTRModel
 from twinv2.train._runtime import resolve_device, torch_threads
 from twinv2.train.inputs import CompressedPaths, open_compressed_versions
@@ -109,14 +117,25 @@ def _metrics(samples: Samples, probs: np.ndarray) -> dict[str, Any]:
 
 
 def metrics_report(dataset: Dataset, samples: Samples, probs: np.ndarray, window_start: int, *,
-                   by_group: bool = True) -> dict[str, Any]:
-    """Overall metrics plus one block per activity group (JSON-ready).
+                   by_group: bool = True, long_len: int | None = None,
+                   buckets: SampleBuckets | None = None) -> dict[str, Any]:
+    """Overall metrics plus one block per activity group and per headroom bucket (JSON-ready).
 
-    Keys: ``num_samples``, ``num_users``, ``auc``, ``gauc``, ``gauc_users``, ``gauc_impressions``,
-    ``logloss`` (plus the other counts of :func:`~twinv2.train.metrics.evaluate_predictions`),
-    ``group_thresholds`` and ``groups`` = {``low``, ``mid``, ``high``} each with the same metric keys and
-    ``history_length_min``/``max`` (None for an empty group). ``by_group=False`` (used for validation
-    during training) skips the groups.
+    Args:
+        samples: ``N`` samples; probs: float ``[N]`` predicted click probabilities in sample order.
+        window_start: start of the evaluated window (activity groups count behaviors before it).
+        by_group: False (validation during training) reports the overall block only.
+        long_len: ``L`` of the headroom buckets (the run's GSU input length); None skips the buckets.
+        buckets: precomputed :func:`~twinv2.data.headroom.sample_headroom_buckets` of ``samples`` (reused
+            across models evaluated on the same rows); default: computed here when ``long_len`` is given.
+    Returns:
+        ``num_samples``, ``num_users``, ``auc``, ``gauc``, ``gauc_users``, ``gauc_impressions``, ``logloss``
+        (plus the other counts of :func:`~twinv2.train.metrics.evaluate_predictions`); with ``by_group``:
+        ``group_thresholds`` and ``groups`` = {``low``, ``mid``, ``high``} each with the same metric keys and
+        ``history_length_min``/``max`` (None for an empty group); with buckets: ``buckets`` =
+        {``within_50``, ``within_L``, ``beyond_L``, ``never``} each with the same metric keys, and
+        ``bucket_definition`` (category, L, bounds). A dataset without an inherent categorical column has
+        ``buckets: None``.
     """
     def block(sel: Samples, p: np.ndarray) -> dict[str, Any]:
         m = _metrics(sel, p)
@@ -138,18 +157,34 @@ def metrics_report(dataset: Dataset, samples: Samples, probs: np.ndarray, window
         b["history_length_min"] = int(lengths.min()) if lengths.size else None
         b["history_length_max"] = int(lengths.max()) if lengths.size else None
         report["groups"][name] = b
+    if buckets is None and long_len is not None:
+        try:
+            buckets = sample_headroom_buckets(dataset, samples, long_len)
+        except DataValidationError:  # no inherent categorical column: no buckets to report
+            report["buckets"], report["bucket_definition"] = None, None
+            return report
+    if buckets is not None:
+        if len(buckets.bucket) != len(samples):
+            raise ConfigError(f"headroom buckets of {len(buckets.bucket)} samples given for {len(samples)} samples")
+        report["bucket_definition"] = buckets.definition()
+        report["buckets"] = {name: block(samples.subset(buckets.bucket == b), probs[buckets.bucket == b])
+                             for b, name in enumerate(SAMPLE_BUCKETS)}
     return report
 
 
 def evaluate_samples(model: CTRModel, builder: BatchBuilder, samples: Samples, window_start: int, *,
                      batch_size: int, device: torch.device, console: Console | None = None,
                      show_progress: bool = False, description: str = "evaluate",
-                     by_group: bool = True) -> dict[str, Any]:
-    """Predict ``samples`` and compute :func:`metrics_report`, adding ``seconds``."""
+                     by_group: bool = True, bucket_len: int | None = None) -> dict[str, Any]:
+    """Predict ``samples`` and compute :func:`metrics_report`, adding ``seconds``.
+
+    With ``by_group`` the report also has the headroom buckets at ``L = bucket_len`` (default
+    ``builder.config.long_len``; a benchmark comparing runs of several L passes one common L)."""
     t0 = time.perf_counter()
     probs = predict(model, builder, samples, batch_size=batch_size, device=device, console=console,
                     show_progress=show_progress, description=description)
-    report = metrics_report(builder.dataset, samples, probs, window_start, by_group=by_group)
+    report = metrics_report(builder.dataset, samples, probs, window_start, by_group=by_group,
+                            long_len=(bucket_len or builder.config.long_len) if by_group else None)
     report["seconds"] = time.perf_counter() - t0
     return report
 
@@ -159,7 +194,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, split: str = "test", *,
                         compressed: CompressedPaths | None = None, batch_size: int | None = None,
                         max_samples: int | None = None, device: str = "auto", seed: int = 0,
                         num_threads: int = 0, console: Console | None = None,
-                        show_progress: bool = True, diagnostics: bool = False) -> dict[str, Any]:
+                        show_progress: bool = True, diagnostics: bool = False,
+                        bucket_len: int | None = None) -> dict[str, Any]:
     """Evaluate a checkpoint on one window of its own temporal split.
 
     Args:
@@ -175,6 +211,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, split: str = "test", *,
         num_threads: torch threads (0 = every core but one, see :func:`default_num_threads`).
         diagnostics: also report the GSU's retrieval diagnostics on (at most 5,000 of) the same samples
             (:func:`twinv2.train.diagnostics.retrieval_diagnostics`) under ``diagnostics``.
+        bucket_len: ``L`` of the per-sample headroom buckets (``buckets`` in the report); default: the
+            checkpoint's GSU input length.
     Returns:
         :func:`metrics_report` plus ``split``, ``model``, ``checkpoint``, ``seconds`` (and ``diagnostics``).
     """
@@ -201,7 +239,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, split: str = "test", *,
         report = evaluate_samples(model, builder, samples, lo,
                                   batch_size=batch_size or info.config.train.eval_batch_size, device=dev,
                                   console=console, show_progress=show_progress,
-                                  description=f"evaluate {info.config.model.long_term} on {split}")
+                                  description=f"evaluate {info.config.model.long_term} on {split}",
+                                  bucket_len=bucket_len)
         if diagnostics:
             from twinv2.train.diagnostics import retrieval_diagnostics
 
@@ -245,6 +284,15 @@ def render_evaluation(report: dict[str, Any]):
         b = report["groups"][name]
         lengths = "" if b["history_length_min"] is None else f"{b['history_length_min']}-{b['history_length_max']}"
         row(name, b, lengths)
+    if report.get("buckets"):
+        L = report["bucket_definition"]["long_len"]
+        table.add_section()
+        bounds = report["bucket_definition"]["bounds"]
+        for name in SAMPLE_BUCKETS:
+            label = "no previous" if name == "never" else f"previous {bounds[name]} back"
+            row(f"{name} ({label})" if name != "beyond_L" else f"beyond_L (L = {L})", report["buckets"][name], "")
+        table.caption = (f"headroom buckets: distance from the sample to the user's previous behavior of the "
+                         f"target's {report['bucket_definition']['category']}")
     diag = report.get("diagnostics")
     if diag is None:
         return table
@@ -260,12 +308,25 @@ _DIAGNOSTIC_ROWS = (
     ("category_recall", "category recall (kept / min(k, same-category in L); sim_hard: 1)", "{:.3f}"),
     ("relevance_abs", "mean |relevance term| of the kept", "{:.3f}"),
     ("cross_bias_abs", "mean |cross bias| of the kept", "{:.3f}"),
+    ("match_abs", "mean |exact-match term| of the kept", "{:.3f}"),
     ("log_size_abs", "mean ln n of the kept", "{:.3f}"),
     ("virtual_share", "virtual items among the kept", "{:.3f}"),
     ("selected_age_days_median", "median age of the kept (days)", "{:.1f}"),
     ("long_age_days_median", "median age over L (days)", "{:.1f}"),
     ("same_category_in_long_mean", "same-category behaviors in L per sample", "{:.1f}"),
     ("share_without_same_category", "samples with none in L", "{:.3f}"),
+    ("esu_weight_same_category", "ESU weight on the kept of the target's category (samples with any)", "{:.3f}"),
+    ("esu_weight_same_category_uniform", "same, if the ESU weighed the kept uniformly", "{:.3f}"),
+    ("beyond_L_samples", "samples whose previous same-category behavior is beyond L", "{}"),
+    ("beyond_L_same_category_kept_share", "beyond L: share where the GSU kept an item of the target's category",
+     "{:.3f}"),
+    ("beyond_L_virtual_kept_share", "beyond L: share where it kept a virtual item of that category", "{:.3f}"),
+    ("beyond_L_esu_weight_same_category", "beyond L: mean ESU weight on such items", "{:.3f}"),
+    ("beyond_L_esu_weight_when_kept", "beyond L: same, where one was kept", "{:.3f}"),
+    ("gt_ndcg", "ground-truth NDCG@k of the GSU's kept set", "{:.3f}"),
+    ("gt_gain_share", "ground-truth gain share of the kept set (order-free)", "{:.3f}"),
+    ("gt_ndcg_sim_hard", "same NDCG@k for sim_hard's selection (L most recent raw)", "{:.3f}"),
+    ("gt_ndcg_recent", "same NDCG@k for the k most recent raw behaviors", "{:.3f}"),
 )
 
 
@@ -279,7 +340,9 @@ def render_diagnostics(diag: dict[str, Any]):
     table.add_column("value", justify="right")
     for key, label, fmt in _DIAGNOSTIC_ROWS:
         if key in diag:
-            table.add_row(label, fmt.format(diag[key]))
+            table.add_row(label, "n/a" if diag[key] is None else fmt.format(diag[key]))
     if not diag["learned_gsu"]:
-        table.caption = "this model has no learned GSU: dataset-side rows only"
+        table.caption = "this model has no learned GSU: dataset-side and ground-truth rows only"
+    if diag.get("gt_relevance"):
+        table.caption = (table.caption + "; " if table.caption else "") + f"true relevance: {diag['gt_relevance']}"
     return table
