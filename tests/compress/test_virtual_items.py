@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from twinv2.compress.cluster import ClusterConfig
+from twinv2.compress.cluster import ClusterConfig, completion_groups
 from twinv2.compress.job import UserCompressor
 from twinv2.compress.virtual_items import (
     build_virtual_items,
@@ -272,3 +274,32 @@ def test_user_compressor_split_by_builds_pure_clusters_and_needs_the_item_values
                       np.ones(m, np.int8), {"completion_ratio": rng.uniform(0, 1, m).astype(np.float32)}, None)
     assert upd["cluster_size"].sum() == n + m and upd["cluster_size"].max() <= 6
     assert (upd["majority_share_category_id"] == 1).all()
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 600), budget=st.integers(1, 60), split=st.booleans(), seed=st.integers(0, 10))
+def test_user_compressor_max_clusters_fits_the_budget(n, budget, split, seed):
+    """A per-user budget of virtual items: at most ``max_clusters`` clusters, unless even one cluster per
+    completion group (and split value) exceeds it; every behavior in exactly one cluster; deterministic;
+    and a user within the budget gets exactly the clusters of the plain config."""
+    rng = np.random.default_rng(seed)
+    num_items = 40
+    table = rng.standard_normal((num_items + 1, 8)).astype(np.float32)
+    items = {"category_id": np.concatenate([[0], rng.integers(1, 4, num_items)])}
+    config = ClusterConfig(gamma=5, max_clusters=budget, split_by="category_id" if split else None)
+    comp = UserCompressor(table, {}, ["completion_ratio"], ["completion_ratio", "label", "gap_to_snapshot"],
+                          config, SNAPSHOT, seed=1).with_item_categoricals(items, ["category_id"])
+    item_id = rng.integers(1, num_items + 1, n).astype(np.int64)
+    ratio = rng.uniform(0, 1, n).astype(np.float32)
+    args = (item_id, np.sort(rng.integers(0, SNAPSHOT, n)).astype(np.int64), rng.integers(0, 2, n).astype(np.int8),
+            {"completion_ratio": ratio})
+    cols = comp.compress(4, *args)
+    assert cols["cluster_size"].sum() == n
+    cells = {(int(g), int(items["category_id"][i]) if split else 0)
+             for g, i in zip(completion_groups(ratio, config), item_id, strict=True)}
+    assert len(cols["cluster_size"]) <= max(budget, len(cells))
+    again = comp.compress(4, *args)
+    assert all(np.array_equal(cols[k], again[k], equal_nan=True) for k in cols)
+    plain = replace(comp, config=replace(config, max_clusters=None)).compress(4, *args)
+    if len(plain["cluster_size"]) <= budget:
+        assert all(np.array_equal(cols[k], plain[k], equal_nan=True) for k in cols)

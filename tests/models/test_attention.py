@@ -303,3 +303,19 @@ def test_din_activation_unit_equals_slow_reference(model_dataset):
             slow.append(out)
     torch.testing.assert_close(fast, torch.tensor(slow), rtol=1e-4, atol=1e-5)
     assert (fast[2] == 0).all()
+
+
+def test_esu_evidence_is_the_logsumexp_of_alpha_over_real_items():
+    """The evidence features follow the pooled heads: logsumexp over the real items, 0 for an empty row."""
+    torch.manual_seed(0)
+    attention = MultiHeadTargetAttention(value_dim=6, num_heads=3, head_dim=4, evidence=True)
+    plain = MultiHeadTargetAttention(value_dim=6, num_heads=3, head_dim=4)
+    plain.load_state_dict(attention.state_dict())
+    alpha, values = torch.randn(3, 5, 3), torch.randn(3, 5, 6)
+    mask = torch.tensor([[True] * 5, [True, False, True, False, False], [False] * 5])
+    out = attention(alpha, values, mask)
+    assert out.shape == (3, attention.out_dim) and attention.out_dim == 12 + 3
+    torch.testing.assert_close(out[:, :12], plain(alpha, values, mask))
+    torch.testing.assert_close(out[0, 12:], torch.logsumexp(alpha[0], dim=0))
+    torch.testing.assert_close(out[1, 12:], torch.logsumexp(alpha[1, [0, 2]], dim=0))
+    assert bool((out[2] == 0).all())

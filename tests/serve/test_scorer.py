@@ -120,6 +120,7 @@ def test_gsu_merge_equals_topk_merge(n, k, H):
 
 @pytest.mark.parametrize(("long_term", "options"), [
     ("twinv2", {"esu_null_slot": True}),
+    ("twinv2", {"esu_evidence": True}),
     ("twinv2", {"relevance": "paper"}),
     ("twin", {"match_features": ["category_id"], "match_init": 2.0}),
     ("dare", {}),

@@ -84,6 +84,10 @@ class ClusterConfig:
     flat_k: int | None = None        # method="flat": clusters per group; None = ceil(n_group / gamma)
     normalize: bool = True           # L2-normalise embeddings before clustering (zero rows stay zero)
     split_by: str | None = None      # inherent categorical whose values clusters never mix (None: groups only)
+    # Per-user budget of virtual items: a user whose clusters exceed it is re-clustered with gamma doubled
+    # until they fit (or each completion group / split cell is one cluster), so the compressed life cycle
+    # fits a GSU budget L (None: gamma alone decides). See UserCompressor.compress.
+    max_clusters: int | None = None
 
     def __post_init__(self) -> None:
         if not _is_int(self.gamma) or self.gamma < 1:
@@ -105,6 +109,9 @@ class ClusterConfig:
             raise CompressionError(f"ClusterConfig.flat_k={self.flat_k!r}: expected None or an integer >= 1")
         if not isinstance(self.normalize, (bool, np.bool_)):
             raise CompressionError(f"ClusterConfig.normalize={self.normalize!r}: expected a bool")
+        if self.max_clusters is not None and (not _is_int(self.max_clusters) or self.max_clusters < 1):
+            raise CompressionError(f"ClusterConfig.max_clusters={self.max_clusters!r}: expected None or an "
+                                   "integer >= 1")
         if self.split_by is not None and (not isinstance(self.split_by, str) or not self.split_by):
             raise CompressionError(f"ClusterConfig.split_by={self.split_by!r}: expected None or the name of an "
                                    "inherent categorical (e.g. 'category_id')")

@@ -117,9 +117,15 @@ class UserCompressor:
         """
         item_id, ts, label, cross, _ = self._canonical(item_id, ts, label, cross)
         x = self._clustered(item_id)
-        rng = np.random.default_rng([self.seed, int(user_id)])
-        result = cluster_life_cycle(x, cross["completion_ratio"], self._inner_config, rng,
-                                    split_values=self._split(item_id))
+        config = self._inner_config
+        while True:
+            rng = np.random.default_rng([self.seed, int(user_id)])
+            result = cluster_life_cycle(x, cross["completion_ratio"], config, rng, split_values=self._split(item_id))
+            # Over the per-user budget: coarser clusters (gamma doubled) until it fits, or until gamma covers
+            # the whole history (one cluster per completion group / split cell: nothing coarser exists).
+            if config.max_clusters is None or len(result.sizes) <= config.max_clusters or config.gamma >= len(x):
+                break
+            config = replace(config, gamma=min(2 * config.gamma, len(x)))
         cols = build_virtual_items(int(user_id), result.labels, result.groups, x, item_id, ts,
                                    self._features(item_id, label, cross), self.snapshot_ts,
                                    categoricals={n: t[item_id] for n, t in self.categoricals.items()} or None)

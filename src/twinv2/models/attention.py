@@ -218,9 +218,10 @@ class MultiHeadTargetAttention(nn.Module):
     so the cost is ``K * D * H`` instead of ``K * D * H * d_v``.
     """
 
-    def __init__(self, value_dim: int, num_heads: int, head_dim: int, null_slot: bool = False):
+    def __init__(self, value_dim: int, num_heads: int, head_dim: int, null_slot: bool = False,
+                 evidence: bool = False):
         super().__init__()
-        self.num_heads, self.head_dim = num_heads, head_dim
+        self.num_heads, self.head_dim, self.evidence = num_heads, head_dim, evidence
         self.value_weight = nn.Parameter(torch.empty(num_heads, value_dim, head_dim))  # W_v
         nn.init.xavier_uniform_(self.value_weight.view(-1, head_dim))
         self.out = nn.Linear(num_heads * head_dim, num_heads * head_dim, bias=False)  # W_o
@@ -230,7 +231,7 @@ class MultiHeadTargetAttention(nn.Module):
 
     @property
     def out_dim(self) -> int:
-        return self.num_heads * self.head_dim
+        return self.num_heads * self.head_dim + (self.num_heads if self.evidence else 0)
 
     def weights(self, alpha: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The attention weights: alpha float ``[B, K, H]``, mask bool ``[B, K]`` -> float ``[B, K, H]``
@@ -242,14 +243,21 @@ class MultiHeadTargetAttention(nn.Module):
         return masked_softmax(joined, torch.cat([mask, mask.new_ones(B, 1)], dim=1))[:, :K]
 
     def forward(self, alpha: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """alpha float ``[B, K, H]``, values ``[B, K, D]``, mask bool ``[B, K]`` -> float ``[B, H * d_v]``.
+        """alpha float ``[B, K, H]``, values ``[B, K, D]``, mask bool ``[B, K]`` -> float ``[B, out_dim]``.
 
-        A row without any real item yields zeros (W_o has no bias)."""
+        A row without any real item yields zeros (W_o has no bias). With ``evidence``, each head's
+        ``logsumexp`` of alpha over the real items follows (0 for a row without any): the softmax forgets how
+        strongly the kept items scored, and this says it (how much relevant history there is)."""
         B = alpha.shape[0]
         weights = self.weights(alpha, mask)  # [B, K, H]
         pooled = torch.bmm(weights.transpose(1, 2), values)  # [B, H, D]
         heads = torch.bmm(pooled.transpose(0, 1), self.value_weight)  # [H, B, d_v]
-        return self.out(heads.transpose(0, 1).reshape(B, -1))  # concat heads: [B, H * d_v]
+        out = self.out(heads.transpose(0, 1).reshape(B, -1))  # concat heads: [B, H * d_v]
+        if not self.evidence:
+            return out
+        real = mask[..., None]
+        total = torch.logsumexp(alpha.masked_fill(~real, float("-inf")), dim=1)  # [B, H]; -inf without items
+        return torch.cat([out, torch.where(real.any(dim=1), total, 0.0)], dim=-1)
 
 
 class TargetAttention(nn.Module):
@@ -339,7 +347,8 @@ class TwinAttention(nn.Module):
 
     def __init__(self, features: FeatureEmbeddings, num_heads: int, head_dim: int, init: str = "xavier",
                  beta_init: float = 1.0, null_slot: bool = False, input_std: float = 0.05,
-                 match_features: tuple[str, ...] = (), match_init: float = 1.0, attention_dim: int | None = None):
+                 match_features: tuple[str, ...] = (), match_init: float = 1.0, attention_dim: int | None = None,
+                 evidence: bool = False):
         super().__init__()
         self.keys = None if attention_dim is None else AttentionEmbeddings(features, attention_dim, input_std)
         key_dim = features.inherent_dim if self.keys is None else self.keys.dim
@@ -347,7 +356,8 @@ class TwinAttention(nn.Module):
                                     cross_dim=features.feature_dim, init=init, beta_init=beta_init,
                                     input_std=input_std)
         self.match = ExactMatch(features, match_features, num_heads, match_init) if match_features else None
-        self.attention = MultiHeadTargetAttention(features.full_dim, num_heads, head_dim, null_slot=null_slot)
+        self.attention = MultiHeadTargetAttention(features.full_dim, num_heads, head_dim, null_slot=null_slot,
+                                                  evidence=evidence)
 
     @property
     def out_dim(self) -> int:

@@ -54,6 +54,9 @@ class ModelConfig:
     # (None = every inherent categorical of the dataset; code 0 never matches), in both stages, so GSU and
     # ESU stay consistent. gamma starts at `match_init`: a large start also makes the ESU selective (its
     # softmax concentrates on the matching behaviors); chosen on validation GAUC (docs/models.md).
+    # The ESU also hands the MLP each head's logsumexp of alpha over the kept (how strongly they matched): a
+    # softmax alone cannot say "none of these is relevant", which a category filter's empty set does.
+    esu_evidence: bool = False
     relevance: str = "match"
     match_init: float = 5.0
     match_features: tuple[str, ...] | None = None
@@ -108,6 +111,8 @@ class ModelConfig:
         if isinstance(self.match_init, bool) or not isinstance(self.match_init, (int, float)) \
                 or not math.isfinite(self.match_init):
             raise ConfigError(f"model config 'match_init' must be a finite number, got {self.match_init!r}")
+        if not isinstance(self.esu_evidence, bool):
+            raise ConfigError(f"model config 'esu_evidence' must be true or false, got {self.esu_evidence!r}")
         if not isinstance(self.attention_embeddings, bool):
             raise ConfigError(f"model config 'attention_embeddings' must be true or false, "
                               f"got {self.attention_embeddings!r}")

@@ -45,7 +45,8 @@ class TwinLongTerm(LongTermModule):
                                   input_std=config.embedding_std,
                                   match_features=match_feature_names(config, features),
                                   match_init=config.match_init,
-                                  attention_dim=config.attention_dim if config.decoupled_attention else None)
+                                  attention_dim=config.attention_dim if config.decoupled_attention else None,
+                                  evidence=config.esu_evidence)
         self.out_dim = self.twin.out_dim
 
     def use_log_size(self) -> bool:
