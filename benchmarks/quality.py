@@ -18,6 +18,10 @@ Protocol:
   best validation GAUC is evaluated on the test window (``--max-test-samples``: default 0 = the whole
   window; else one seeded subsample, the same rows for every run). Epochs run and train seconds are
   reported per model;
+- TWIN-V2's sequence: at most ``--raw-cap`` (100) raw behaviors since the snapshot, then virtual items from
+  clusters split by the dataset's category (``--split-by auto``) with a per-user budget of L - raw cap
+  (``--max-clusters auto``), so the compressed life cycle fits the GSU: chosen on validation GAUC
+  (docs/models.md); ``--raw-cap -1 --split-by none --max-clusters none`` is the paper's composition;
 - seeds: seed s sets model initialisation, the train subsample and the shuffling; the same seed gives
   every model the same data order and test rows, so differences are judged **paired**. The compressed life
   cycles are built once per clustering setting with compression seed 0 (seed variance of ``twinv2`` does
@@ -82,7 +86,7 @@ from rich.console import Console
 from twinv2._io import write_json_atomic
 from twinv2.compress import ClusterConfig, EmbeddingSource
 from twinv2.compress.cadence import cadence_snapshots, compress_on_cadence, version_folder
-from twinv2.data.headroom import SAMPLE_BUCKETS, life_cycle_headroom
+from twinv2.data.headroom import SAMPLE_BUCKETS, default_category_column, life_cycle_headroom
 from twinv2.data.split import TemporalSplit, make_samples
 from twinv2.data.store import Dataset, load_dataset
 from twinv2.models import LONG_TERM_NAMES
@@ -109,12 +113,12 @@ class Variant:
     name: str
     model: str
     description: str
-    cluster: ClusterConfig | None = None  # None = the default ClusterConfig (for models that read clusters)
+    cluster: ClusterConfig | None = None  # None = the benchmark's twinv2 clustering (--split-by, --max-clusters)
     model_overrides: dict[str, Any] = field(default_factory=dict)
     long_len: int | str | None = None  # GSU input length L; None = --long-len; "full" = the longest history
 
-    def compress_key(self) -> str:
-        cfg = self.cluster or ClusterConfig()
+    def compress_key(self, default: ClusterConfig | None = None) -> str:
+        cfg = self.cluster or default or ClusterConfig()
         text = json.dumps([dataclasses.asdict(cfg), "cooccurrence"], sort_keys=True)
         return f"cooccurrence-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
 
@@ -172,8 +176,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sweep-seeds", type=int, default=None, help="seeds of the sweep variants (default --seeds)")
     p.add_argument("--regime", choices=("default", "lifecycle"), default=None,
                    help="synthetic regime (the generator's scale of that name) when --dataset is not given")
-    p.add_argument("--raw-cap", type=int, default=None, help="twinv2: raw behaviors leading the long sequence "
-                   "(default: the library's data.raw_cap)")
+    p.add_argument("--raw-cap", type=int, default=100, help="twinv2: raw behaviors leading the long sequence "
+                   "(-1: the library's data.raw_cap, no cap); the rest of L is virtual items")
+    p.add_argument("--split-by", default="auto", help="twinv2's clustering: cluster within (completion group x "
+                   "this inherent categorical); 'auto' = the dataset's category column, 'none' = the paper's "
+                   "grouping (ablations that set their own clustering keep it)")
+    p.add_argument("--max-clusters", default="auto", help="twinv2's clustering: per-user budget of virtual items; "
+                   "'auto' = L - raw cap (the compressed life cycle fits the GSU), 'none' = gamma alone")
     p.add_argument("--full-cap", type=int, default=10_000, help="cap on twin_full's L (the longest history)")
     p.add_argument("--cadence", type=int, default=8, help="compressed versions between the split snapshot and "
                    "the end (the offline job's cadence; 8 = every 2.5%% of the events)")
@@ -249,7 +258,7 @@ def _config(args: argparse.Namespace, variant: Variant, seed: int) -> TrainConfi
               "train.batch_size": args.batch_size, "train.seed": seed, "train.device": args.device,
               "train.patience": args.patience, "train.num_threads": args.threads,
               "train.eval_every": max(1, batches_per_epoch // max(1, args.eval_points))}
-    if args.raw_cap is not None:
+    if args.raw_cap is not None and args.raw_cap >= 0:
         values["data.raw_cap"] = args.raw_cap
     if args.quick:
         values.update({"model.id_dim": 16, "model.num_heads": 2, "model.head_dim": 8, "model.mlp_dims": [32]})
@@ -260,11 +269,25 @@ def _config(args: argparse.Namespace, variant: Variant, seed: int) -> TrainConfi
 def _compressed(ds: Dataset, work: Path, variant: Variant, snapshots: list[int], args: argparse.Namespace
                 ) -> list[Path]:
     """The variant's compressed life cycles, one version per cadence snapshot (resumable, reused)."""
-    root = work / "compressed" / variant.compress_key()
-    console.print(f"compressing for {variant.name} ({len(snapshots)} versions on a cadence): "
-                  f"{variant.cluster or ClusterConfig()}", highlight=False)
-    return compress_on_cadence(ds.path, root, snapshots, embeddings=EmbeddingSource(), config=variant.cluster,
+    config = variant.cluster or args.twinv2_cluster
+    root = work / "compressed" / variant.compress_key(args.twinv2_cluster)
+    console.print(f"compressing for {variant.name} ({len(snapshots)} versions on a cadence): {config}",
+                  highlight=False)
+    return compress_on_cadence(ds.path, root, snapshots, embeddings=EmbeddingSource(), config=config,
                                seed=0, workers=args.workers, progress=True)
+
+
+def _twinv2_cluster(args: argparse.Namespace, ds: Dataset) -> ClusterConfig:
+    """The clustering of twinv2 and of the ablations that do not set their own: split by the dataset's
+    category (``--split-by``) and a per-user budget so raw part + virtual items fit L (``--max-clusters``)."""
+    split_by = {"auto": default_category_column(ds.manifest) if ds.manifest.item_categoricals else None,
+                "none": None}.get(args.split_by, args.split_by)
+    raw_cap = args.raw_cap if args.raw_cap is not None and args.raw_cap >= 0 else None
+    if args.max_clusters == "auto":
+        max_clusters = None if raw_cap is None else max(1, args.long_len - raw_cap)
+    else:
+        max_clusters = None if args.max_clusters == "none" else int(args.max_clusters)
+    return ClusterConfig(split_by=split_by, max_clusters=max_clusters)
 
 
 def _settings(args: argparse.Namespace, ds: Dataset) -> dict[str, Any]:
@@ -275,7 +298,8 @@ def _settings(args: argparse.Namespace, ds: Dataset) -> dict[str, Any]:
             "batch_size": args.batch_size, "quick": args.quick,
             # --dataset with --regime: a copy of that regime generated elsewhere (same scale and seed 0).
             "regime": args.regime or (None if args.dataset else args.scale),
-            "raw_cap": args.raw_cap, "full_len": args.full_len, "eval_points": args.eval_points,
+            "raw_cap": args.raw_cap, "full_len": args.full_len,
+            "twinv2_cluster": dataclasses.asdict(args.twinv2_cluster), "eval_points": args.eval_points,
             "full_len_covers_test_samples": args.full_coverage, "cadence": args.cadence}
 
 
@@ -752,6 +776,7 @@ def main(argv: list[str] | None = None) -> int:
     train_events = int(((h.ts >= lo) & (h.ts < hi)).sum())
     args.num_train_samples = train_events if args.max_train_samples is None else min(train_events,
                                                                                       args.max_train_samples)
+    args.twinv2_cluster = _twinv2_cluster(args, ds)
     settings = _settings(args, ds)
     oracle, headroom = _oracle(ds, split, args), life_cycle_headroom(ds, *split.window("test"),
                                                                       long_len=args.long_len)
@@ -765,7 +790,7 @@ def main(argv: list[str] | None = None) -> int:
     def clusters(v: Variant) -> list[Path] | None:
         if v.model != "twinv2":
             return None
-        key = v.compress_key()
+        key = v.compress_key(args.twinv2_cluster)
         if key not in compressed:
             folders = [version_folder(work / "compressed" / key, ts) for ts in snapshots]
             # --reuse-compressed: trust finished version folders instead of rerunning the job on them (which

@@ -80,6 +80,18 @@ class DemoBudget:
     compress_workers: int = 2
     cadence: int = 4  # compressed versions from the split snapshot on (4: every 5% of the events)
     model_overrides: dict[str, Any] = field(default_factory=dict)
+    # TWIN-V2's sequence (docs/models.md, chosen on validation GAUC): at most raw_cap raw behaviors since the
+    # snapshot, then virtual items of clusters split by `split_by`, at most `max_clusters` per user, so the
+    # compressed life cycle fits L.
+    raw_cap: int | None = None
+    split_by: str | None = None
+    max_clusters: int | None = None
+
+    def cluster_config(self) -> Any:
+        """The offline job's clustering for this budget (a :class:`~twinv2.compress.ClusterConfig`)."""
+        from twinv2.compress.cluster import ClusterConfig  # the compiled kernels load only when compressing
+
+        return ClusterConfig(split_by=self.split_by, max_clusters=self.max_clusters)
 
     def train_config(self, model: str, seed: int, device: str) -> TrainConfig:
         """The training config of ``model`` under this budget."""
@@ -88,7 +100,7 @@ class DemoBudget:
                   "data.max_valid_samples": self.max_valid_samples,
                   "data.max_test_samples": self.max_test_samples, "train.batch_size": self.batch_size,
                   "train.epochs": self.epochs, "train.seed": seed, "train.device": device,
-                  "train.patience": 1}
+                  "train.patience": 1, "data.raw_cap": self.raw_cap}
         values.update({f"model.{k}": v for k, v in self.model_overrides.items()})
         return apply_overrides(TrainConfig(), values, source="demo budget")
 
@@ -99,10 +111,11 @@ class DemoBudget:
 # each take the largest share; one torch thread trains twin / twinv2 at L = 500 at ~2,000 samples/s on
 # an idle core, so 100,000 samples take under a minute per model (sim_hard about 1.5 times faster).
 DEFAULT_BUDGET = DemoBudget(scale="lifecycle", long_len=500, esu_size=100, batch_size=256, epochs=1,
-                            max_train_samples=100_000, max_valid_samples=10_000, max_test_samples=50_000)
+                            max_train_samples=100_000, max_valid_samples=10_000, max_test_samples=50_000,
+                            raw_cap=100, split_by="category_id", max_clusters=400)
 QUICK_BUDGET = DemoBudget(scale="small", long_len=100, esu_size=20, batch_size=128, epochs=1,
                           max_train_samples=3_000, max_valid_samples=1_000, max_test_samples=3_000,
-                          compress_workers=1,
+                          compress_workers=1, raw_cap=20, split_by="category_id", max_clusters=80,
                           model_overrides={"id_dim": 16, "num_heads": 2, "head_dim": 8, "mlp_dims": (32,)})
 
 
@@ -241,7 +254,7 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, models: list[str] | tuple[
 
     def compress(overwrite: bool) -> list[Path]:
         return compress_on_cadence(data_dir, comp_root, snapshots, workers=workers, seed=seed, progress=True,
-                                   overwrite=overwrite)
+                                   overwrite=overwrite, config=budget.cluster_config())
 
     needs_clusters = any(LONG_TERM_MODULES[m].long_source == "compressed" for m in models)
     versions: list[Path] = []
