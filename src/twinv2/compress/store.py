@@ -266,14 +266,7 @@ def load_compressed(path: str | os.PathLike, *, with_centroids: bool = False) ->
     wanted = list(BASE_COLUMNS) + [f"mean_{n}" for n in mean_names] + ["mean_sq_dist"]
     if with_centroids:
         wanted.append("centroid")
-    tables = []
-    for part in manifest["partitions"]:
-        file = path / part["file"]
-        try:
-            tables.append(pq.read_table(file, columns=wanted))
-        except (OSError, pa.ArrowInvalid) as exc:
-            raise DataValidationError(str(file), None, f"a part file with columns {wanted}",
-                                      str(exc).splitlines()[0]) from exc
+    tables = _read_parts(path, manifest, wanted)
     schema = virtual_item_schema(mean_names)
     table = pa.concat_tables(tables) if tables else schema.empty_table().select(wanted)
     cols = table_to_columns(table, str(path))
@@ -302,6 +295,23 @@ def load_compressed(path: str | os.PathLike, *, with_centroids: bool = False) ->
     )
 
 
+def _read_parts(path: Path, manifest: dict[str, Any], columns: list[str]) -> list[pa.Table]:
+    """The ``columns`` of every part file a finished folder's manifest lists, in manifest order.
+
+    Raises:
+        DataValidationError: a part file that cannot be read or lacks one of the columns.
+    """
+    tables = []
+    for part in manifest["partitions"]:
+        file = path / part["file"]
+        try:
+            tables.append(pq.read_table(file, columns=columns))
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise DataValidationError(str(file), None, f"a part file with columns {columns}",
+                                      str(exc).splitlines()[0]) from exc
+    return tables
+
+
 def load_member_shares(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
     """Per inherent categorical, the ``(majority_share, rep_share)`` float32 ``[C]`` columns of a finished
     folder, rows in the order of :func:`load_compressed`; None for a folder written before they existed.
@@ -315,14 +325,7 @@ def load_member_shares(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, n
     if names is None:
         return None
     wanted = [c for n in names for c in share_columns(n)]
-    tables = []
-    for part in manifest["partitions"]:
-        file = path / part["file"]
-        try:
-            tables.append(pq.read_table(file, columns=wanted))
-        except (OSError, pa.ArrowInvalid) as exc:
-            raise DataValidationError(str(file), None, f"a part file with columns {wanted}",
-                                      str(exc).splitlines()[0]) from exc
+    tables = _read_parts(path, manifest, wanted)
     schema = pa.schema([pa.field(c, pa.float32()) for c in wanted])
     table = pa.concat_tables(tables) if tables else schema.empty_table()
     out = {}
