@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="The learned score's form (the package default: match).")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    result = {"cases": scorer_cases(args), "http": http_load(args)}
+    result = {"relevance": args.relevance, "cases": scorer_cases(args), "http": http_load(args)}
     write_json_atomic(args.out, result)
     print(f"wrote {args.out}")
 
