@@ -99,3 +99,13 @@ def test_spark_submit_entry_point_runs_compress_with_the_spark_backend(capsys):
         spark_submit.main(["--help"])
     assert exit_info.value.code == 0
     assert "--snapshot-ts" in capsys.readouterr().out
+
+
+def test_data_layer_imports_nothing_above_it():
+    """``data/`` is the bottom layer: the batch builder reads compressed life cycles through the
+    ``CompressedSequences`` interface defined in ``data/``, never through ``twinv2.compress``."""
+    above = ("twinv2.compress", "twinv2.models", "twinv2.train", "twinv2.serve", "twinv2.cli", "twinv2.demo")
+    graph = import_graph()
+    bad = {m: sorted(t for t in targets if t.startswith(above)) for m, targets in graph.items()
+           if m.startswith("twinv2.data")}
+    assert not {m: t for m, t in bad.items() if t}, bad

@@ -315,6 +315,13 @@ def compress_run(
                                       "(default ceil(n / gamma))."),
     split_exponent: float = typer.Option(0.3, "--split-exponent", help="A set of n > gamma splits into "
                                          "max(2, floor(n ** e)) clusters."),
+    split_by: str | None = typer.Option(None, "--split-by", metavar="NAME", help="Cluster within (completion "
+                                        "group x value of this inherent categorical, e.g. category_id): no "
+                                        "virtual item mixes two values. 'none' = no split (default). With "
+                                        "--incremental: must match the base's (default: the base's)."),
+    max_clusters: int | None = typer.Option(None, "--max-clusters", min=1, help="Per-user budget of virtual "
+                                            "items: a user over it is re-clustered with gamma doubled until the "
+                                            "clusters fit (e.g. the GSU length L minus the raw part)."),
     backend: str = typer.Option("local", "--backend", help="local | spark."),
     workers: int = typer.Option(max(1, os.cpu_count() or 1), "--workers", min=1, help="Worker processes (local) or "
                                 "local Spark cores."),
@@ -347,13 +354,19 @@ def compress_run(
             raise ConfigError("--incremental needs --base DIR (the compressed folder to update)")
         if backend != "local":
             raise ConfigError("--incremental runs on the local backend only")
+        if max_clusters is not None:
+            raise ConfigError("--max-clusters: an incremental run keeps its base's clustering; compress from "
+                              "scratch to change it")
         summary = compress_incremental(base, dataset, out, snapshot_ts, workers=workers, overwrite=overwrite,
-                                       progress=not quiet)
+                                       progress=not quiet,
+                                       split_by=... if split_by is None else _split_by_name(split_by))
     else:
         if base is not None:
             raise ConfigError("--base is only used with --incremental")
         config = ClusterConfig(gamma=gamma, num_groups=groups, group_bins=group_bins, method=method,
-                               flat_k=flat_k, split_exponent=split_exponent)
+                               flat_k=flat_k, split_exponent=split_exponent,
+                               split_by=None if split_by is None else _split_by_name(split_by),
+                               max_clusters=max_clusters)
         source = EmbeddingSource.parse(embeddings, ids_path=embedding_ids, dim=embedding_dim,
                                        missing=missing_embedding, allow_leakage=allow_embedding_leakage)
         summary = compress_dataset(dataset, out, snapshot_ts, embeddings=source, config=config, backend=backend,
@@ -371,6 +384,13 @@ def compress_run(
     console.print(f"compressed {s.num_users:,} users: {s.behaviors_in:,} behaviors in, {s.num_clusters:,} virtual "
                   f"items out (ratio {s.compression_ratio:.4f}) in {s.seconds:.1f} s{reused} -> {s.out}",
                   highlight=False, soft_wrap=True)
+
+
+def _split_by_name(value: str) -> str | None:
+    """``--split-by``: ``none`` means no split; an empty name is refused (the dataset check names the rest)."""
+    if not value.strip():
+        raise ConfigError("--split-by: expected the name of an inherent categorical (e.g. category_id) or 'none'")
+    return None if value == "none" else value
 
 
 compress_app.callback(invoke_without_command=True)(friendly_errors(compress_run))
@@ -424,8 +444,8 @@ def compress_embeddings(
 def train_cmd(
     dataset: Path | None = typer.Option(None, "--dataset", help="Dataset folder (default with --resume: the "
                                         "one the run was started on)."),
-    model: str | None = typer.Option(None, "--model", help="Long-term module: twinv2, twin, sim_soft, "
-                                     "sim_hard, eta, sdim, din, avg_pool."),
+    model: str | None = typer.Option(None, "--model", help="Long-term module: twinv2, twin, dare, "
+                                     "sim_soft, sim_hard, eta, sdim, din, avg_pool."),
     out: Path = typer.Option(..., "--out", help="Run folder: best.pt, last.pt, history.json, config.yaml."),
     compressed: list[Path] | None = typer.Option(None, "--compressed", help="Compressed life cycles (required "
                                                  "by twinv2; made by `twinv2 compress`). Repeat it to pass "
@@ -441,19 +461,35 @@ def train_cmd(
     max_train_samples: int | None = typer.Option(None, min=1, help="data.max_train_samples"),
     seed: int | None = typer.Option(None, min=0, help="train.seed"),
     device: str | None = typer.Option(None, help="train.device: auto (CUDA when present), cpu or cuda"),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from last.pt."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from last.pt (with any "
+                                "number of processes)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start afresh in an --out that holds a run."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Train with N processes on this machine: runs `torchrun "
+                              "--standalone --nproc-per-node N -m twinv2 train` with the other options (gloo on "
+                              "CPU, nccl on CUDA; see docs/training.md for several machines)."),
 ) -> None:
     """Train a CTR model with early stopping on validation GAUC; writes best and last checkpoints."""
+    from twinv2.train.distributed import env_world_size, launch_torchrun
     from twinv2.train.loop import run_training
 
+    if nproc > 1:
+        if env_world_size() > 1:
+            raise ConfigError("--nproc: this process is already one rank of a torchrun job; drop --nproc (torchrun's "
+                              "--nproc-per-node sets the number of processes)")
+        args = _train_args(dataset=dataset, model=model, out=out, compressed=compressed or [], config=config,
+                           set_=set_, epochs=epochs, batch_size=batch_size, long_len=long_len, esu_size=esu_size,
+                           max_train_samples=max_train_samples, seed=seed, device=device, resume=resume,
+                           overwrite=overwrite, as_json=as_json)
+        raise typer.Exit(code=launch_torchrun(nproc, ["train", *args]))
     options = {"train.epochs": epochs, "train.batch_size": batch_size, "data.long_len": long_len,
                "model.esu_size": esu_size, "data.max_train_samples": max_train_samples, "train.seed": seed,
                "train.device": device}
     result = run_training(out, dataset=dataset, model=model, compressed=_one_or_many(compressed),
                           config_file=config,
                           overrides=set_, options=options, resume=resume, overwrite=overwrite, console=console)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # under torchrun, rank 0 reports for the job
     summary = {"best_checkpoint": str(result.best_checkpoint), "last_checkpoint": str(result.last_checkpoint),
                "best_validation": result.best, "steps": result.steps, "stopped_early": result.stopped_early,
                "train_samples": result.num_train_samples, "train_seconds": round(result.train_seconds, 2),
@@ -465,6 +501,22 @@ def train_cmd(
         console.print(f"done: {result.steps} steps, {result.samples_per_second:.0f} samples/s; best validation "
                       f"GAUC {b.get('gauc', float('nan')):.4f} AUC {b.get('auc', float('nan')):.4f} at step "
                       f"{b.get('step')}; checkpoint {result.best_checkpoint}", highlight=False)
+
+
+def _train_args(*, compressed: list[Path], set_: list[str], resume: bool, overwrite: bool, as_json: bool,
+                **options: Any) -> list[str]:
+    """``twinv2 train``'s command-line arguments for the given option values (what ``--nproc`` hands on to
+    each rank): ``--name value`` for every option that is set, repeated options repeated, flags bare."""
+    args: list[str] = []
+    for name, value in options.items():
+        if value is not None:
+            args += [f"--{name.replace('_', '-')}", str(value)]
+    for path in compressed:
+        args += ["--compressed", str(path)]
+    for item in set_:
+        args += ["--set", item]
+    args += [flag for flag, on in (("--resume", resume), ("--overwrite", overwrite), ("--json", as_json)) if on]
+    return args
 
 
 def _one_or_many(paths: list[Path] | None) -> Path | list[Path] | None:
@@ -518,7 +570,8 @@ def export_embeddings_cmd(
 @friendly_errors
 def demo_cmd(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Run folder (dataset, compressed, models, report)."),
-    models: str = typer.Option("twinv2,twin", "--models", help="Comma-separated models to train."),
+    models: str | None = typer.Option(None, "--models", help="Comma-separated models to train (default: "
+                                      "twinv2, twin and sim_hard, the comparison a user makes first)."),
     all_models: bool = typer.Option(False, "--all-models", help="Train every model (slower)."),
     scale: str | None = typer.Option(None, "--scale", help="Synthetic scale: small, default or large (default: "
                                      "default; small with --quick)."),
@@ -526,14 +579,15 @@ def demo_cmd(
     quick: bool = typer.Option(False, "--quick", help="Small data and budgets (well under a minute)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
 ) -> None:
-    """Synthesise data, learn embeddings, compress, train twinv2 and twin, evaluate, write a report."""
+    """Synthesise data, learn embeddings, compress, train twinv2, twin and sim_hard, evaluate, write a report."""
     from twinv2.data.synth import SCALES
-    from twinv2.demo import run_demo
+    from twinv2.demo import DEMO_MODELS, run_demo
 
     if scale is not None and scale not in SCALES:
         raise ConfigError(f"--scale {scale!r}: expected one of {', '.join(SCALES)}")
     check_can_create(out)  # before minutes of work, not at the first write
-    result = run_demo(out, models=None if all_models else [m.strip() for m in models.split(",") if m.strip()],
+    chosen = list(DEMO_MODELS) if models is None else [m.strip() for m in models.split(",") if m.strip()]
+    result = run_demo(out, models=None if all_models else chosen,
                       scale=scale, seed=seed, quick=quick, device=device, console=console)
     Console().print(result.summary_table)
     console.print(f"report: {result.report_path}", highlight=False)
@@ -553,6 +607,7 @@ def serve_cmd(
     port: int = typer.Option(8000, "--port", help="TCP port."),
     workers: int = typer.Option(1, "--workers", min=1, help="Worker processes (each holds a model and cache)."),
     threads: int = typer.Option(1, "--threads", min=1, help="Torch threads per worker."),
+    device: str = typer.Option("cpu", "--device", help="Where each worker scores: cpu, cuda or cuda:N."),
     fold_cap: int | None = typer.Option(None, "--fold-cap", help="Raw behaviors since a user's snapshot before "
                                         "the oldest are folded into clusters (default: the model's raw_cap or 256)."),
     max_candidates: int = typer.Option(2000, "--max-candidates", min=1, help="Candidates per request."),
@@ -567,7 +622,8 @@ def serve_cmd(
 
     config = ServeConfig(checkpoint=str(checkpoint), store=store, compressed=None if compressed is None else
                          str(compressed), dataset=None if dataset is None else str(dataset), fold_cap=fold_cap,
-                         max_candidates=max_candidates, oov=oov, admin_token=admin_token, threads=threads)
+                         max_candidates=max_candidates, oov=oov, admin_token=admin_token, threads=threads,
+                         device=device)
 
     def ready(service: Any) -> None:
         health = service.health()

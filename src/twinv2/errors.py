@@ -11,6 +11,7 @@ __all__ = [
     "CompressionError",
     "ConfigError",
     "DataValidationError",
+    "DistributedError",
     "EmbeddingError",
     "RequestError",
     "StoreError",
@@ -40,6 +41,11 @@ class DataValidationError(Twinv2Error, ValueError):
 
 class ConfigError(Twinv2Error, ValueError):
     """A configuration file or option is invalid (unknown key, wrong type, out-of-range value)."""
+
+
+class DistributedError(Twinv2Error, RuntimeError):
+    """A multi-process run (``torchrun``) cannot go on: another rank died, or a collective waited longer
+    than ``train.dist_timeout``. The message names this rank and what it was waiting for."""
 
 
 class EmbeddingError(Twinv2Error, ValueError):

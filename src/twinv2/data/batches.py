@@ -14,9 +14,9 @@ or before its time.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -25,10 +25,41 @@ from twinv2.data.split import Samples
 from twinv2.data.store import Dataset
 from twinv2.errors import ConfigError, DataValidationError
 
-if TYPE_CHECKING:
-    from twinv2.compress.store import CompressedLifeCycles
+__all__ = ["Batch", "BatchBuilder", "CompressedSequences", "SequenceBatch", "SequenceConfig",
+           "sequence_feature_names"]
 
-__all__ = ["Batch", "BatchBuilder", "SequenceBatch", "SequenceConfig", "sequence_feature_names"]
+
+@runtime_checkable
+class CompressedSequences(Protocol):
+    """What the batch builder reads from one version of compressed life cycles: the virtual items of every
+    user in CSR form. ``twinv2.compress.CompressedLifeCycles`` (what ``load_compressed`` returns) has these
+    attributes; ``data/`` names only this interface, so it never imports the compression layer above it.
+
+    Attributes (read-only here), with ``U`` users and ``C`` clusters:
+        offsets: int64 ``[U + 1]``; user ``u``'s clusters are rows ``offsets[u]:offsets[u + 1]``, oldest first.
+        rep_item_id: int64 ``[C]`` the representative item; cluster_size: int ``[C]`` members n.
+        mean_ts: float64 ``[C]`` mean member timestamp (the virtual item's time for ``time_gap``).
+        means: float ``[C]`` per cross feature and ``label``, keyed by feature name (cluster means).
+        snapshot_ts: the clusters hold behaviors strictly before this time.
+    """
+
+    @property
+    def offsets(self) -> np.ndarray: ...
+
+    @property
+    def rep_item_id(self) -> np.ndarray: ...
+
+    @property
+    def cluster_size(self) -> np.ndarray: ...
+
+    @property
+    def mean_ts(self) -> np.ndarray: ...
+
+    @property
+    def means(self) -> Mapping[str, np.ndarray]: ...
+
+    @property
+    def snapshot_ts(self) -> int: ...
 
 
 def sequence_feature_names(manifest) -> list[str]:
@@ -116,7 +147,7 @@ class BatchBuilder:
     """
 
     def __init__(self, dataset: Dataset, config: SequenceConfig,
-                 compressed: CompressedLifeCycles | Sequence[CompressedLifeCycles] | None = None):
+                 compressed: CompressedSequences | Sequence[CompressedSequences] | None = None):
         versions = [] if compressed is None else (
             [compressed] if not isinstance(compressed, (list, tuple)) else list(compressed))
         if config.long_source == "compressed" and not versions:

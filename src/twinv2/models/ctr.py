@@ -90,6 +90,12 @@ class CTRModel(nn.Module):
         """The embedding tables (the paper trains them with Adagrad), DARE's attention tables included."""
         return self.features.embedding_parameters() + self.long_term.embedding_parameters()
 
+    def lookup_tables(self) -> list[nn.Embedding]:
+        """The embedding tables read only by row lookups (item ids and item side features, DARE's attention
+        tables included): their gradient may be sparse (``table.sparse = True``). The cross-feature table is
+        not one of them: the GSU's cross-bias table is computed from all its rows."""
+        return [m for m in self.modules() if isinstance(m, nn.Embedding) and m is not self.features.cross_embedding]
+
     def dense_parameters(self) -> list[nn.Parameter]:
         """Every other trainable parameter (the paper trains them with Adam)."""
         sparse = {id(p) for p in self.embedding_parameters()}

@@ -1,4 +1,5 @@
-"""Online serving (issue 8): projection cache, scorer, life-cycle store with live events, HTTP API.
+"""Online serving: a trained model scores candidate items for one user at request time, from the user's
+life cycle kept in a store that live events update (projection cache, scorer, store, HTTP API).
 
 Layers, each usable alone: :mod:`~twinv2.serve.scorer` (a model and one user's sequences -> scores),
 :mod:`~twinv2.serve.sequences` (a stored user -> sequences, through the training batch builder),

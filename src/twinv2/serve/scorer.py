@@ -16,6 +16,9 @@ scalar per head). A request then costs:
   inputs, as :meth:`twinv2.models.CTRModel.forward` calls them; the behaviors' features ``[K_h, K_c]`` and
   cross bias are looked up once per request and gathered per candidate.
 
+The scorer runs where the model's parameters are (CPU or CUDA): requests come in as CPU tensors, are
+moved there, and scores and explanations come back on the CPU.
+
 So a score equals the training forward on the same inputs (the test checks 1e-5). Models without TWIN's
 GSU (SIM, ETA, SDIM, DIN, average pooling) are scored by the model's forward on the request as a batch
 (:meth:`Scorer.score_forward`), which is also the "naive" baseline of ``benchmarks/serve_latency.py``.
@@ -54,17 +57,18 @@ class ProjectionCache:
     def __init__(self, model: CTRModel):
         twin = model.long_term.twin
         features = model.features
+        device = features.item_feature_rows.device
         with torch.no_grad():
             n = features.num_items + 1
             blocks = []
             for start in range(0, n, _CACHE_BLOCK):
-                ids = torch.arange(start, min(n, start + _CACHE_BLOCK))
+                ids = torch.arange(start, min(n, start + _CACHE_BLOCK), device=device)
                 keys = torch.cat(twin.key_blocks(features, ids), dim=-1)  # [block, D_k]
                 blocks.append(twin.score.project_keys(keys))  # [H, block, d_k]
             self.key_proj = torch.cat(blocks, dim=1).contiguous()  # [H, N + 1, d_k]
             self.cross_table = features.cross_projection_table(twin.score.cross_weights()).contiguous()
             self.match_codes = None if twin.match is None else \
-                twin.match.codes(features, torch.arange(n)).contiguous()
+                twin.match.codes(features, torch.arange(n, device=device)).contiguous()
 
     @property
     def num_items(self) -> int:
@@ -122,8 +126,9 @@ def _gsu_merge(alpha: torch.Tensor, k: int) -> torch.Tensor:
     ranked = alpha.topk(k, dim=2, sorted=False).indices  # [H, c, k] (any order: the merge re-ranks)
     union = ranked.permute(1, 0, 2).reshape(c, H * k)  # [c, kH] positions, head by head
     # A position several heads chose appears once: its first occurrence stays, the repeats are masked.
-    step = torch.arange(H * k).expand(c, -1)
-    first = torch.full((c, n), H * k, dtype=torch.int64).scatter_reduce_(1, union, step, reduce="amin")
+    step = torch.arange(H * k, device=alpha.device).expand(c, -1)
+    first = torch.full((c, n), H * k, dtype=torch.int64, device=alpha.device).scatter_reduce_(1, union, step,
+                                                                                              reduce="amin")
     repeat = first.gather(1, union) != step
     sub = alpha.gather(2, union.expand(H, -1, -1))  # [H, c, kH]: the scores at those positions
     index, _ = topk_merge(sub.permute(1, 2, 0), ~repeat, k)  # [c, k] into the union
@@ -149,7 +154,7 @@ class Scorer:
         >>> logits = scorer.score(seqs.long, seqs.short, torch.tensor([3, 17, 42]))  # doctest: +SKIP
 
     Args:
-        model: the model (eval mode; moved to the CPU by the caller if needed).
+        model: the model (put in eval mode); the scorer computes on the device of its parameters.
         chunk: candidates per GSU chunk (keeps ``[H, chunk, L]`` scores cache-resident).
         esu_chunk: candidates per ESU / short-term / MLP chunk (bounds the ``[chunk, k, D]`` gathers).
     """
@@ -159,6 +164,7 @@ class Scorer:
         self.chunk, self.esu_chunk = int(chunk), int(esu_chunk)
         self.cached = isinstance(model.long_term, TwinLongTerm)
         self.cache = ProjectionCache(model) if self.cached else None
+        self.device = model.features.item_feature_rows.device
 
     @property
     def num_items(self) -> int:
@@ -173,15 +179,17 @@ class Scorer:
         Every sample re-gathers and re-projects its whole long sequence (no cache); chunks of ``chunk``
         candidates bound the memory. Inputs: long ``[1, L]``, short ``[1, S]``, candidates int64 ``[B]``.
         """
+        long, short = long.to(self.device), short.to(self.device)
+        candidates = candidates.to(self.device)
         out = []
         for start in range(0, len(candidates), chunk):
             target = candidates[start:start + chunk]
             c = len(target)
-            zeros = torch.zeros(c, dtype=torch.int64)
+            zeros = torch.zeros(c, dtype=torch.int64, device=self.device)
             batch = Batch(user_id=zeros, ts=zeros, target_item=target, label=zeros.float(), history_length=zeros,
                           long=_expand(long, c), short=_expand(short, c))
             out.append(self.model(batch))
-        return torch.cat(out) if out else torch.zeros(0)
+        return torch.cat(out).cpu() if out else torch.zeros(0)
 
     # -- the cached path (twin, twinv2) -----------------------------------------------------------------
     @torch.no_grad()
@@ -199,6 +207,8 @@ class Scorer:
                 raise ConfigError("explanations need a twin, twinv2 or dare model")
             return self.score_forward(long, short, candidates), None
         assert self.cache is not None
+        device = self.device
+        long, short, candidates = long.to(device), short.to(device), candidates.to(device)
         model, features = self.model, self.model.features
         lt: TwinLongTerm = model.long_term  # type: ignore[assignment]
         twin, k, use_log = lt.twin, model.config.esu_size, lt.use_log_size()
@@ -207,7 +217,7 @@ class Scorer:
 
         real = torch.nonzero(long.mask[0]).squeeze(1)  # [n] positions of real entries
         n = len(real)
-        seq = _take(long, real if n else torch.zeros(1, dtype=torch.int64))  # [1, n] (or one padding)
+        seq = _take(long, real if n else torch.zeros(1, dtype=torch.int64, device=device))  # [1, n] (or padding)
         # Per request, once for all candidates: the behaviors' full features, score keys, cross bias, ln n
         # and matched values.
         rows = features.cross_rows(seq.cross)  # [1, n, J]
@@ -235,14 +245,14 @@ class Scorer:
             chunks = []
             for start in range(0, B, self.chunk):
                 q = score_query[start:start + self.chunk]
-                ones = torch.ones(H, len(q), 1)
+                ones = torch.ones(H, len(q), 1, device=device)
                 alpha = torch.bmm(torch.cat([twin.score.project_query(q), ones], dim=2), keys_t)  # [H, c, n]
                 if codes is not None:
                     alpha = alpha + _match_scores(twin.match, cand_codes[start:start + self.chunk], codes)
                 chunks.append(_gsu_merge(alpha, k))  # [c, k]
             index = torch.cat(chunks)
         else:  # the whole sequence fits in the ESU, as in TwinAttention.forward
-            index = torch.arange(seq.item_id.shape[1]).expand(B, -1)
+            index = torch.arange(seq.item_id.shape[1], device=device).expand(B, -1)
         logits, expl_pos, expl_w, expl_match = [], [], [], []
         for start in range(0, B, self.esu_chunk):
             q = query[start:start + self.esu_chunk]  # [c, D_h]
@@ -269,16 +279,17 @@ class Scorer:
                 expl_pos.append(pos)
                 expl_w.append(top_w)
                 if codes is None:
-                    expl_match.append(torch.zeros(c, m, 0, dtype=torch.bool))
+                    expl_match.append(torch.zeros(c, m, 0, dtype=torch.bool, device=device))
                 else:
                     entry_codes = codes[idx.gather(1, top_i)]  # [c, m, F]
                     cand = cand_codes[start:start + self.esu_chunk, None]  # [c, 1, F]
                     expl_match.append((entry_codes == cand) & (cand != twin.match.unknown_rows) & (pos >= 0)[..., None])
-        out = torch.cat(logits) if logits else torch.zeros(0)
+        out = torch.cat(logits).cpu() if logits else torch.zeros(0)
         if not explain:
             return out, None
         names = () if twin.match is None else twin.match.names
         if not expl_pos:  # no candidates
             return out, Explanation(torch.zeros(0, 0, dtype=torch.int64), torch.zeros(0, 0),
                                     torch.zeros(0, 0, len(names), dtype=torch.bool), names)
-        return out, Explanation(torch.cat(expl_pos), torch.cat(expl_w), torch.cat(expl_match), names)
+        return out, Explanation(torch.cat(expl_pos).cpu(), torch.cat(expl_w).cpu(), torch.cat(expl_match).cpu(),
+                                names)

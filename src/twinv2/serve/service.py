@@ -59,6 +59,8 @@ class ServeConfig:
         fold_cap: the raw part's cap before folding (default: the checkpoint's ``raw_cap`` or 256).
         max_candidates: per request; oov: "reject" or "unknown"; explain_top: default entries per explanation.
         admin_token: bearer token of ``/v1/admin/*`` (None: admin disabled). threads: torch threads per process.
+        device: where the model and its projection cache live and scores are computed (``cpu``, ``cuda``,
+            ``cuda:N``).
         poll_seconds: how often a process checks the store for a reload made elsewhere.
     """
 
@@ -73,6 +75,7 @@ class ServeConfig:
     admin_token: str | None = None
     threads: int = 1
     poll_seconds: float = 2.0
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.oov not in OOV_MODES:
@@ -83,6 +86,12 @@ class ServeConfig:
             raise ConfigError(f"--fold-cap must be >= 2, got {self.fold_cap}")
         if self.threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {self.threads}")
+        try:
+            device = torch.device(self.device)
+        except (RuntimeError, TypeError, ValueError) as exc:
+            raise ConfigError(f"--device {self.device!r}: expected cpu, cuda or cuda:N") from exc
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"--device {self.device}: CUDA is not available on this machine (use --device cpu)")
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__)
@@ -117,7 +126,7 @@ class Service:
         self.config = config
         torch.set_num_threads(config.threads)
         self._lock = threading.RLock()
-        self._loaded = self._load_model(config.checkpoint)
+        self._loaded = self._load_model(config.checkpoint, config.device)
         info = self._loaded.info
         self.store: LifeCycleStore = open_store(config.store, _cross_names(info), context_length(info.sequence_config))
         if prepare:
@@ -135,8 +144,8 @@ class Service:
 
     # -- loading -------------------------------------------------------------------------------------
     @staticmethod
-    def _load_model(path: str) -> _Loaded:
-        model, info = load_model(path)
+    def _load_model(path: str, device: str = "cpu") -> _Loaded:
+        model, info = load_model(path, device)
         return _Loaded(model=model, info=info, scorer=Scorer(model))
 
     @property
@@ -179,7 +188,8 @@ class Service:
             raise ConfigError(f"{source}: the active compression version's folder is needed to fold live events "
                               f"into clusters (its item embeddings), and cannot be read here: {exc}") from exc
         numerics = {c.name: np.asarray(info.items[c.name], np.float32) for c in info.manifest.item_numerics}
-        return make_folder(manifest, embeddings, numerics, _cross_names(info), cap, context)
+        categoricals = {c.name: np.asarray(info.items[c.name], np.int64) for c in info.manifest.item_categoricals}
+        return make_folder(manifest, embeddings, numerics, _cross_names(info), cap, context, categoricals)
 
     # -- requests ------------------------------------------------------------------------------------
     def _candidates(self, candidates: list[int]) -> tuple[torch.Tensor, list[int]]:
@@ -281,7 +291,7 @@ class Service:
         with self._lock:
             loaded = self._loaded
             if checkpoint is not None:
-                candidate = self._load_model(checkpoint)
+                candidate = self._load_model(checkpoint, self.config.device)
                 names, needs = _cross_names(candidate.info), context_length(candidate.info.sequence_config)
                 if names != self.store.cross_names:
                     raise RequestError("checkpoint", f"{checkpoint}: the model's cross features {names} differ "
@@ -312,7 +322,7 @@ class Service:
                 meta = json.loads(pointer)
                 if meta.get("version") != self._loaded.info.version:
                     try:
-                        self._loaded = self._load_model(meta["path"])
+                        self._loaded = self._load_model(meta["path"], self.config.device)
                         changed = True
                     except (CheckpointError, ConfigError, OSError):
                         pass  # keep serving the current model; the publisher validated the file

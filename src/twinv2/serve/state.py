@@ -1,6 +1,6 @@
 """What the serving store holds per user, and its byte encoding.
 
-A user's serving state is (DESIGN §2.2, issue 8):
+A user's serving state (the virtual items of DESIGN §2.2 plus the raw behaviors since they were built) is:
 
 - ``snapshot_ts``: behaviors strictly before it are summarised by the user's virtual items (the compression
   snapshot, advanced when live behaviors are folded in);

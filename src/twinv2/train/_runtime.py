@@ -34,8 +34,10 @@ def available_cores() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def default_num_threads() -> int:
-    """Torch intra-op threads used when the config says 0 (auto): every core but one, at least one.
+def default_num_threads(local_world_size: int = 1) -> int:
+    """Torch intra-op threads used when the config says 0 (auto): every core but one, at least one; with
+    ``local_world_size`` training processes on this machine (``torchrun``), each gets its share of the cores
+    but one.
 
     Why not every core: the remaining core builds the next batch (NumPy slicing of the CSR histories) and
     serves the OS. More importantly, intra-op threads that must all be scheduled at once collapse when
@@ -43,14 +45,15 @@ def default_num_threads() -> int:
     2 threads trained 13x slower than 1 (73 vs 1,000 samples/s, twinv2 at L = 500), while on an idle
     machine the second thread gains far less than 2x for these memory-bound gathers.
     """
-    return max(1, available_cores() - 1)
+    return max(1, available_cores() // max(1, local_world_size) - 1)
 
 
 @contextlib.contextmanager
-def torch_threads(num_threads: int = 0) -> Iterator[int]:
-    """Run the block with ``num_threads`` intra-op threads (0 = :func:`default_num_threads`), then restore."""
+def torch_threads(num_threads: int = 0, local_world_size: int = 1) -> Iterator[int]:
+    """Run the block with ``num_threads`` intra-op threads (0 = :func:`default_num_threads` for
+    ``local_world_size`` processes on this machine), then restore."""
     previous = torch.get_num_threads()
-    n = num_threads or default_num_threads()
+    n = num_threads or default_num_threads(local_world_size)
     torch.set_num_threads(n)
     try:
         yield n

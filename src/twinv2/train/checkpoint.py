@@ -55,6 +55,8 @@ __all__ = [
 ]
 
 
+_ITEM_TABLE_KEY = "features.id_embedding.weight"  # CTRModel.item_embedding_table() in the state dict
+
 
 @dataclass
 class CheckpointInfo:
@@ -83,11 +85,17 @@ def save_checkpoint(path: str | os.PathLike, model: CTRModel, *, config: TrainCo
     """
     path = Path(path)
     manifest, items, dataset_path = dataset.manifest, dataset.items, dataset.path
+    model_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    # The item table, float32 [N + 1, id_dim]: on a float32 CPU model, the state's own tensor (torch.save then
+    # stores it once, and a 10^7-item table is not copied on every save), else a float32 CPU copy.
+    item_table = model_state.get(_ITEM_TABLE_KEY)
+    if item_table is None or item_table.dtype != torch.float32 or not item_table.is_contiguous():
+        item_table = model.item_embedding_table().detach().cpu().float().contiguous()
     payload = {
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_VERSION,
         "package_version": __version__,
-        "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model_state": model_state,
         "model_config": config_to_dict(config)["model"],
         "train_config": config_to_dict(config),
         "sequence_config": asdict(sequence_config),
@@ -102,7 +110,7 @@ def save_checkpoint(path: str | os.PathLike, model: CTRModel, *, config: TrainCo
                             if not isinstance(compressed_path, (list, tuple))
                             else [str(Path(p).resolve()) for p in compressed_path]),
         "train_state": train_state,
-        "item_embeddings": model.item_embedding_table().detach().cpu().float().contiguous(),
+        "item_embeddings": item_table,
     }
     with atomic_file(path, "wb") as fh:
         torch.save(payload, fh)

@@ -43,6 +43,8 @@ __all__ = [
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 OPTIMIZERS = ("adam", "adagrad", "sgd")
+AMP_MODES = ("none", "bf16", "fp16")  # not "off": YAML reads off as false
+SPARSE_OPTIMIZERS = ("adagrad", "sgd")  # torch optimisers that take sparse gradients
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,12 @@ class OptimConfig:
     The TWIN papers train sparse embeddings with Adagrad-style updates and dense layers with Adam; that is
     the default. ``grad_clip`` caps the global gradient norm of the dense parameters (``None`` = off).
 
+    ``sparse_embeddings`` gives the tables read only by row lookups (item ids, item side features, DARE's
+    attention tables) sparse gradients (``nn.Embedding(sparse=True)``): a step then costs and allocates in
+    proportion to the rows the batch touches, not to the vocabulary, which is what lets a 10^7-item table
+    train in a few GB (docs/training.md, "Memory"). It needs ``embedding: adagrad`` or ``sgd`` (Adam has no
+    sparse update) and ``weight_decay: 0`` (a decay would touch every row).
+
     ``embedding_lr`` = 0.5 was chosen on the validation GAUC of ``twin`` (the baseline, not ``twinv2``) on
     the default synthetic data, 60,000 train samples, one epoch, L = 500: Adagrad learning rates 0.05 /
     0.2 / 0.5 / 1.0 / 2.0 gave 0.584 / 0.623 / 0.650 / 0.631 / 0.573. Most ids are seen a few times per
@@ -99,6 +107,7 @@ class OptimConfig:
     dense_lr: float = 1e-3
     weight_decay: float = 0.0
     grad_clip: float | None = 10.0
+    sparse_embeddings: bool = False
 
 
 @dataclass(frozen=True)
@@ -110,6 +119,12 @@ class LoopConfig:
     ``num_threads`` = 0 uses every core but one (see ``twinv2.train._runtime.default_num_threads``).
     ``max_steps`` caps the optimisation steps of the whole run (a compute budget; ``None`` = all epochs);
     a run stopped by it can be resumed with a larger cap.
+
+    ``loader_workers``: worker processes that build training batches off the training thread (0 = build
+    them on it; ``None`` = auto, see ``twinv2.train.pipeline.auto_loader_workers``). The batches are the same
+    either way. ``amp``: automatic mixed precision of the forward pass, ``none``, ``bf16`` (CPU or CUDA) or
+    ``fp16`` (CUDA only, with a gradient scaler). ``dist_timeout``: seconds a collective of a multi-process
+    run (``torchrun``) may wait for the other ranks before the run fails with an error naming the rank.
     """
 
     epochs: int = 2
@@ -121,6 +136,9 @@ class LoopConfig:
     device: str = "auto"
     num_threads: int = 0
     max_steps: int | None = None
+    loader_workers: int | None = None
+    amp: str = "none"
+    dist_timeout: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -174,6 +192,19 @@ class TrainConfig:
             raise bad("optim.weight_decay", "a value >= 0", self.optim.weight_decay)
         if self.optim.grad_clip is not None and not self.optim.grad_clip > 0:
             raise bad("optim.grad_clip", "null or a positive norm", self.optim.grad_clip)
+        if self.optim.sparse_embeddings:
+            if self.optim.embedding not in SPARSE_OPTIMIZERS:
+                raise bad("optim.embedding", f"one of {SPARSE_OPTIMIZERS} with optim.sparse_embeddings "
+                          "(they take sparse gradients)", self.optim.embedding)
+            if self.optim.weight_decay != 0:
+                raise bad("optim.weight_decay", "0 with optim.sparse_embeddings (a decay updates every row)",
+                          self.optim.weight_decay)
+        if self.train.loader_workers is not None and self.train.loader_workers < 0:
+            raise bad("train.loader_workers", "null (auto) or an integer >= 0", self.train.loader_workers)
+        if self.train.amp not in AMP_MODES:
+            raise bad("train.amp", f"one of {AMP_MODES}", self.train.amp)
+        if not self.train.dist_timeout > 0:
+            raise bad("train.dist_timeout", "a positive number of seconds", self.train.dist_timeout)
         s = self.split
         if not 0.0 < s.snapshot < s.valid < s.test < 1.0:
             raise bad("split", "0 < snapshot < valid < test < 1", (s.snapshot, s.valid, s.test))

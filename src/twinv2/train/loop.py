@@ -7,9 +7,13 @@ What a run does:
    config), training samples from the train window (seeded subsample of ``data.max_train_samples``) and
    validation samples from the valid window;
 2. batches sliced from the CSR histories by :class:`BatchBuilder` with
-   ``SequenceConfig(long_len=L, short_len=model.short_len, long_source=model.long_source())``;
+   ``SequenceConfig(long_len=L, short_len=model.short_len, long_source=model.long_source())``, on the
+   training thread or ahead of it by ``train.loader_workers`` worker processes (:mod:`twinv2.train.pipeline`;
+   the same batches either way);
 3. embedding tables and dense parameters optimised separately (Adagrad + Adam by default, as in the
-   papers), binary cross-entropy on the logits, optional gradient clipping of the dense parameters;
+   papers), binary cross-entropy on the logits, optional gradient clipping of the dense parameters,
+   optional sparse gradients for the lookup tables (``optim.sparse_embeddings``) and mixed precision
+   (``train.amp``);
 4. validation GAUC after every epoch (or every ``train.eval_every`` steps); ``best.pt`` is rewritten on
    improvement, ``last.pt`` at every validation; training stops after ``train.patience`` validations
    without improvement;
@@ -19,15 +23,25 @@ What a run does:
 
 The run folder holds ``config.yaml`` (resolved config), ``best.pt``, ``last.pt`` and ``history.json``
 (validations and the running-loss curve).
+
+Started by ``torchrun --nproc-per-node N -m twinv2 train ...`` (or ``twinv2 train --nproc N``), the same
+function runs on every rank: each trains on its part of every global batch under
+``DistributedDataParallel``, validation metrics are computed on the union of the ranks' predictions, and
+rank 0 alone writes the run folder (:mod:`twinv2.train.distributed`). ``resume`` works with any number of
+ranks: the position in the run is counted in global batches.
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
+import io
 import math
 import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +57,7 @@ from twinv2._io import atomic_file, write_json_atomic
 from twinv2._progress import make_progress
 from twinv2.data.batches import BatchBuilder, SequenceConfig
 from twinv2.data.split import make_samples
-from twinv2.data.store import Dataset, load_dataset
+from twinv2.data.store import Dataset, dataset_identity, load_dataset
 from twinv2.errors import CheckpointError, ConfigError
 from twinv2.models import CTRModel, build_model
 from twinv2.train._runtime import resolve_device, torch_threads
@@ -55,8 +69,17 @@ from twinv2.train.checkpoint import (
 )
 from twinv2.train.config import TrainConfig, config_from_dict, config_to_dict
 from twinv2.train.diagnostics import has_learned_gsu, retrieval_diagnostics
-from twinv2.train.evaluate import evaluate_samples
+from twinv2.train.distributed import (
+    DistContext,
+    all_sum,
+    check_same_inputs,
+    collective_errors,
+    evaluate_sharded,
+    setup_distributed,
+    teardown_distributed,
+)
 from twinv2.train.inputs import CompressedPaths, make_split, open_compressed, open_compressed_versions
+from twinv2.train.pipeline import EpochBatches, LocalBatch, auto_loader_workers, epoch_batches
 
 __all__ = ["RESUMABLE_KEYS", "TrainResult", "config_for_resume", "make_split", "open_compressed", "run_training",
            "split_parameters", "train_model"]
@@ -65,8 +88,14 @@ BEST_FILE, LAST_FILE, HISTORY_FILE, CONFIG_FILE = "best.pt", "last.pt", "history
 # Config keys that may change between a run and its resumption (they do not change the trajectory up to
 # the point where the run stopped).
 RESUMABLE_KEYS = ("train.epochs", "train.patience", "train.device", "train.num_threads",
-                  "train.eval_batch_size", "train.max_steps")
+                  "train.eval_batch_size", "train.max_steps", "train.loader_workers", "train.dist_timeout",
+                  "train.amp")
 _LOSS_POINTS = 200  # about this many points of running loss are kept for the loss curve
+# DDP without a buffer broadcast at every forward (the buffers never change): the keyword is
+# forward_sync_buffers from torch 2.13 on, broadcast_buffers before.
+_NO_BUFFER_SYNC = ({"forward_sync_buffers": False}
+                   if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel).parameters
+                   else {"broadcast_buffers": False})
 
 
 @dataclass
@@ -158,21 +187,51 @@ def train_model(dataset: str | os.PathLike | Dataset, out: str | os.PathLike, co
                 show_progress: bool = True, console: Console | None = None) -> TrainResult:
     """Train ``config.model.long_term`` on ``dataset`` and write a run folder at ``out``.
 
+    Under ``torchrun`` (or in a process group the caller created) every rank calls this with the same
+    arguments; rank 0 prints and writes the run folder, and every rank returns once it is written, with the
+    same steps, losses and validation metrics (rank 0's history also holds the GSU diagnostics).
+
     Args:
         dataset: dataset folder or a loaded :class:`Dataset`.
         out: run folder (created); holds ``best.pt``, ``last.pt``, ``history.json``, ``config.yaml``.
+            With several machines it must be one shared folder (every rank reads ``last.pt`` on resume).
         config: the full config; with ``resume`` it must equal the saved one except for
             :data:`RESUMABLE_KEYS`.
         compressed: compressed life-cycle folder, required by models that read them (``twinv2``); or a
             list of versions of it (the offline job on a cadence inside the train window: each sample reads
             the latest version built before it, so training sees the raw/virtual mix that serving sees).
-        resume: continue from ``out/last.pt``.
+        resume: continue from ``out/last.pt`` (with any number of ranks).
         overwrite: allow writing into a folder that already holds a run (without resuming it).
     Raises:
-        ConfigError, CompressionError, CheckpointError, DataValidationError (empty split).
+        ConfigError, CompressionError, CheckpointError, DataValidationError (empty split),
+        DistributedError (another rank died or a collective timed out).
     """
-    out = Path(out)
-    console = console or Console(stderr=True)
+    device = resolve_device(config.train.device)
+    ctx, device = setup_distributed(device, config.train.dist_timeout)
+    try:
+        return _train(dataset, Path(out), config, device, ctx, compressed=compressed, resume=resume,
+                      overwrite=overwrite, show_progress=show_progress and ctx.is_main,
+                      console=(console or Console(stderr=True)) if ctx.is_main else Console(file=io.StringIO()))
+    finally:
+        teardown_distributed(ctx)
+
+
+def _amp_settings(amp: str, device: torch.device) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
+    """``train.amp`` -> (autocast dtype or None, gradient scaler for fp16 or None)."""
+    if amp == "none":
+        return None, None
+    if amp == "fp16":
+        if device.type != "cuda":
+            raise ConfigError(f"train.amp=fp16 needs a CUDA device (training on {device}); use train.amp=bf16 "
+                              "or none")
+        return torch.float16, torch.amp.GradScaler("cuda")
+    return torch.bfloat16, None
+
+
+def _train(dataset: str | os.PathLike | Dataset, out: Path, config: TrainConfig, device: torch.device,
+           ctx: DistContext, *, compressed: CompressedPaths | None, resume: bool, overwrite: bool,
+           show_progress: bool, console: Console) -> TrainResult:
+    """:func:`train_model` on this rank, once the process group and device are set."""
     last_path, best_path = out / LAST_FILE, out / BEST_FILE
     if not isinstance(dataset, Dataset):
         dataset = load_dataset(dataset)
@@ -198,13 +257,20 @@ def train_model(dataset: str | os.PathLike | Dataset, out: str | os.PathLike, co
     else:
         split = make_split(dataset, config)
 
-    device = resolve_device(config.train.device)
+    amp_dtype, scaler = _amp_settings(config.train.amp, device)
     max_steps = config.train.max_steps
     model_name = config.model.long_term
     seed = config.train.seed
-    with torch_threads(config.train.num_threads) as threads:
+    with torch_threads(config.train.num_threads, ctx.local_world_size) as threads:
         torch.manual_seed(seed)
-        model = build_model(config.model, manifest, dataset.items).to(device)
+        model = build_model(config.model, manifest, dataset.items)
+        if config.optim.sparse_embeddings:
+            for table in model.lookup_tables():
+                table.sparse = True  # read by nn.Embedding.forward at every call
+            # Adagrad builds sparse updates without checking their invariants (torch's default); saying so
+            # explicitly keeps torch from warning about it at the first step.
+            torch.sparse.check_sparse_tensor_invariants.disable()
+        model = model.to(device)
         seq = SequenceConfig(long_len=config.data.long_len, short_len=config.model.short_len,
                              long_source=model.long_source(), raw_cap=config.data.raw_cap)
         comp = None
@@ -218,6 +284,11 @@ def train_model(dataset: str | os.PathLike | Dataset, out: str | os.PathLike, co
         valid_samples = make_samples(dataset, split, "valid", max_samples=config.data.max_valid_samples,
                                      seed=seed)
         valid_start, _ = split.window("valid")
+        # Every rank must read the same data (several machines: the same folders on each node).
+        check_same_inputs(f"dataset {dataset_identity(dataset)}, split {split.to_dict()}, {len(train_samples)} "
+                          f"train and {len(valid_samples)} validation samples, compressed snapshots "
+                          f"{[c.snapshot_ts for c in comp or []]} of {[c.num_clusters for c in comp or []]} clusters",
+                          ctx)
 
         emb_params, dense_params = split_parameters(model)
         opt_emb = _optimizer(config.optim.embedding, emb_params, config.optim.embedding_lr,
@@ -238,42 +309,61 @@ def train_model(dataset: str | os.PathLike | Dataset, out: str | os.PathLike, co
             if opt_emb is not None:
                 opt_emb.load_state_dict(ts["optimizer_embedding"])
             opt_dense.load_state_dict(ts["optimizer_dense"])
+            if scaler is not None and "grad_scaler" in ts:
+                scaler.load_state_dict(ts["grad_scaler"])
             torch.set_rng_state(ts["torch_rng"])
             if device.type == "cuda" and "cuda_rng" in ts:
                 torch.cuda.set_rng_state(ts["cuda_rng"], device)
             # A larger patience given on resumption may allow a stopped run to continue.
             state["stopped_early"] = (config.train.patience > 0
                                       and state["bad_validations"] >= config.train.patience)
-        else:
+            del saved  # the weights now live in the model and optimisers (large tables: do not hold two copies)
+        elif ctx.is_main:
             out.mkdir(parents=True, exist_ok=True)
             for stale in (best_path, last_path, out / HISTORY_FILE):
                 stale.unlink(missing_ok=True)
-        _write_config(out / CONFIG_FILE, config, {"dataset": dataset.path.resolve(),
-                                                  "compressed": compressed, "split": split.to_dict()})
+        if ctx.is_main:
+            _write_config(out / CONFIG_FILE, config, {"dataset": dataset.path.resolve(),
+                                                      "compressed": compressed, "split": split.to_dict()})
+
+        # Every parameter of every model gets a gradient in every step (the GSU's hard top-k selects rows of
+        # the tables, not parameters; checked for each model in tests/train/test_distributed.py), so DDP
+        # needs no search for unused parameters. The buffers (item feature rows, hash planes) never change:
+        # no broadcast per step.
+        forward: nn.Module = model
+        if ctx.enabled:
+            with collective_errors(ctx, "starting DistributedDataParallel (parameter broadcast)"):
+                forward = nn.parallel.DistributedDataParallel(
+                    model, device_ids=[device.index] if device.type == "cuda" else None, **_NO_BUFFER_SYNC,
+                    gradient_as_bucket_view=True, find_unused_parameters=False)
 
         def snapshot() -> dict[str, Any]:
             ts = {k: v for k, v in state.items()}
             ts["optimizer_dense"] = opt_dense.state_dict()
             if opt_emb is not None:
                 ts["optimizer_embedding"] = opt_emb.state_dict()
+            if scaler is not None:
+                ts["grad_scaler"] = scaler.state_dict()
             ts["torch_rng"] = torch.get_rng_state()
             if device.type == "cuda":
                 ts["cuda_rng"] = torch.cuda.get_rng_state(device)
             return ts
 
         def save(path: Path) -> None:
-            save_checkpoint(path, model, config=config, sequence_config=seq, split=split, dataset=dataset,
-                            compressed_path=compressed, train_state=snapshot())
+            if ctx.is_main:
+                save_checkpoint(path, model, config=config, sequence_config=seq, split=split, dataset=dataset,
+                                compressed_path=compressed, train_state=snapshot())
 
         def validate() -> bool:
-            """Validate, update best/last checkpoints; True when early stopping says stop."""
-            report = evaluate_samples(model, builder, valid_samples, valid_start,
+            """Validate, update best/last checkpoints; True when early stopping says stop (the same on
+            every rank: the metrics are computed from the same gathered predictions)."""
+            report = evaluate_sharded(model, builder, valid_samples, valid_start, ctx=ctx,
                                       batch_size=config.train.eval_batch_size, device=device, by_group=False)
             model.train()
             entry = {"epoch": state["epoch"], "step": state["step"], "train_loss": state["running_loss"],
                      "auc": report["auc"], "gauc": report["gauc"], "logloss": report["logloss"],
                      "gauc_users": report["gauc_users"], "seconds": report["seconds"]}
-            if has_learned_gsu(model):
+            if ctx.is_main and has_learned_gsu(model):
                 # How target-aware the GSU is so far (on 2,000 validation samples; a few seconds).
                 diag = retrieval_diagnostics(model, builder, valid_samples, max_samples=2000, device=device,
                                              batch_size=config.train.eval_batch_size)
@@ -283,7 +373,8 @@ def train_model(dataset: str | os.PathLike | Dataset, out: str | os.PathLike, co
             state["history"].append(entry)
             gauc = report["gauc"]
             improved = not math.isnan(gauc) and gauc > state["best_gauc"]
-            if improved or not best_path.exists():
+            first = state["best_step"] < 0  # no best checkpoint yet
+            if improved or first:
                 state["best_gauc"] = gauc if not math.isnan(gauc) else state["best_gauc"]
                 state["best_step"] = state["step"]
                 state["best"] = dict(entry)
@@ -293,11 +384,12 @@ def train_model(dataset: str | os.PathLike | Dataset, out: str | os.PathLike, co
             patience = config.train.patience
             stop = patience > 0 and state["bad_validations"] >= patience
             state["stopped_early"] = stop
-            if improved or not best_path.exists():
+            if improved or first:
                 save(best_path)
             save(last_path)
-            write_json_atomic(out / HISTORY_FILE, {"model": model_name, "validations": state["history"],
-                                                   "loss_curve": state["loss_curve"]})
+            if ctx.is_main:
+                write_json_atomic(out / HISTORY_FILE, {"model": model_name, "validations": state["history"],
+                                                       "loss_curve": state["loss_curve"]})
             console.print(f"  validation step {state['step']}: GAUC {gauc:.4f}  AUC {report['auc']:.4f}  "
                           f"logloss {report['logloss']:.4f}" + ("  (best)" if improved else ""),
                           highlight=False)
@@ -310,63 +402,62 @@ def train_model(dataset: str | os.PathLike | Dataset, out: str | os.PathLike, co
         if max_steps is not None:
             total_steps = min(total_steps, max_steps)
         curve_every = max(1, total_steps // _LOSS_POINTS)
+        workers = config.train.loader_workers
+        if workers is None:
+            workers = auto_loader_workers(threads, ctx.local_world_size, device)
         interrupted = False
         model.train()
+        ranks = f", {ctx.world_size} ranks ({ctx.backend})" if ctx.enabled else ""
         console.print(f"training {model_name}: {n} samples, {batches_per_epoch} batches of {bs} per epoch, "
                       f"{config.train.epochs} epoch(s), L={seq.long_len}, k={config.model.esu_size}, "
-                      f"device {device}, {threads} thread(s); {len(valid_samples)} validation samples",
-                      highlight=False)
+                      f"device {device}, {threads} thread(s), {workers} batch worker(s){ranks}; "
+                      f"{len(valid_samples)} validation samples", highlight=False)
         with _StopFlag() as stop_flag, make_progress(console, show=show_progress) as progress:
             task = progress.add_task(f"train {model_name}", total=total_steps, completed=state["step"], info="")
             while state["epoch"] < config.train.epochs and not state["stopped_early"]:
                 if max_steps is not None and state["step"] >= max_steps:
                     break
                 order = _epoch_order(n, seed, state["epoch"])
+                epoch = EpochBatches(builder, train_samples, order, bs, rank=ctx.rank, world_size=ctx.world_size)
+                stream = epoch_batches(epoch, state["batch_in_epoch"], workers=workers,
+                                       pin_memory=device.type == "cuda")
                 budget_hit = False
+                stop = False
                 t0 = time.perf_counter()
-                while state["batch_in_epoch"] < batches_per_epoch:
-                    if max_steps is not None and state["step"] >= max_steps:
-                        budget_hit = True
-                        break
-                    b = state["batch_in_epoch"]
-                    batch = builder.build(train_samples, order[b * bs:(b + 1) * bs]).to(device)
-                    logits = model(batch)  # [B]
-                    loss = F.binary_cross_entropy_with_logits(logits, batch.label)
-                    opt_dense.zero_grad(set_to_none=True)
-                    if opt_emb is not None:
-                        opt_emb.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if config.optim.grad_clip is not None:
-                        torch.nn.utils.clip_grad_norm_(dense_params, config.optim.grad_clip)
-                    opt_dense.step()
-                    if opt_emb is not None:
-                        opt_emb.step()
-                    value = float(loss.detach())
-                    if not math.isfinite(value):
-                        raise ConfigError(f"training diverged at step {state['step']} (loss {value}); lower "
-                                          "optim.dense_lr / optim.embedding_lr or set optim.grad_clip")
-                    run = state["running_loss"]
-                    state["running_loss"] = value if run is None else 0.98 * run + 0.02 * value
-                    state["step"] += 1
-                    state["batch_in_epoch"] += 1
-                    state["samples_seen"] += len(batch)
-                    if state["step"] % curve_every == 0:
-                        state["loss_curve"].append([state["step"], state["running_loss"]])
-                    progress.update(task, advance=1, info=f"loss {state['running_loss']:.4f} "
-                                    f"epoch {state['epoch'] + 1}/{config.train.epochs}")
-                    if stop_flag.set:
-                        break
-                    # Mid-epoch validation; not at the step budget's last step, which is validated below.
-                    if (config.train.eval_every and state["step"] % config.train.eval_every == 0
-                            and state["batch_in_epoch"] < batches_per_epoch
-                            and (max_steps is None or state["step"] < max_steps)):
-                        state["train_seconds"] += time.perf_counter() - t0
-                        stop = validate()
-                        t0 = time.perf_counter()
+                with contextlib.closing(stream):
+                    while state["batch_in_epoch"] < batches_per_epoch:
+                        if max_steps is not None and state["step"] >= max_steps:
+                            budget_hit = True
+                            break
+                        item = next(stream)
+                        with collective_errors(ctx, f"training step {state['step']} (gradient all-reduce)"):
+                            value, stop = _step(forward, item, ctx, device, amp_dtype, scaler, opt_dense, opt_emb,
+                                                dense_params, config.optim.grad_clip, lambda: stop_flag.set)
+                        if not math.isfinite(value):
+                            raise ConfigError(f"training diverged at step {state['step']} (loss {value}); lower "
+                                              "optim.dense_lr / optim.embedding_lr or set optim.grad_clip")
+                        run = state["running_loss"]
+                        state["running_loss"] = value if run is None else 0.98 * run + 0.02 * value
+                        state["step"] += 1
+                        state["batch_in_epoch"] += 1
+                        state["samples_seen"] += item.global_size
+                        if state["step"] % curve_every == 0:
+                            state["loss_curve"].append([state["step"], state["running_loss"]])
+                        progress.update(task, advance=1, info=f"loss {state['running_loss']:.4f} "
+                                        f"epoch {state['epoch'] + 1}/{config.train.epochs}")
                         if stop:
                             break
+                        # Mid-epoch validation; not at the step budget's last step, which is validated below.
+                        if (config.train.eval_every and state["step"] % config.train.eval_every == 0
+                                and state["batch_in_epoch"] < batches_per_epoch
+                                and (max_steps is None or state["step"] < max_steps)):
+                            state["train_seconds"] += time.perf_counter() - t0
+                            early = validate()
+                            t0 = time.perf_counter()
+                            if early:
+                                break
                 state["train_seconds"] += time.perf_counter() - t0
-                if stop_flag.set:
+                if stop:
                     interrupted = True
                     save(last_path)
                     console.print(f"interrupted at step {state['step']}: saved {last_path}; rerun with "
@@ -381,6 +472,10 @@ def train_model(dataset: str | os.PathLike | Dataset, out: str | os.PathLike, co
                 state["batch_in_epoch"] = 0
                 if validate():
                     break
+        if ctx.enabled:
+            # Every rank returns once rank 0 has written the run folder.
+            with collective_errors(ctx, "the final barrier"):
+                torch.distributed.barrier()
 
     if interrupted:
         raise KeyboardInterrupt
@@ -391,7 +486,55 @@ def train_model(dataset: str | os.PathLike | Dataset, out: str | os.PathLike, co
         epochs_completed=state["epoch"], stopped_early=bool(state["stopped_early"]), interrupted=interrupted,
         num_train_samples=n, num_valid_samples=len(valid_samples), train_seconds=secs,
         samples_per_second=state["samples_seen"] / secs if secs > 0 else float("nan"),
+        extra={"world_size": ctx.world_size, "loader_workers": workers},
     )
+
+
+def _step(forward: nn.Module, item: LocalBatch, ctx: DistContext, device: torch.device,
+          amp_dtype: torch.dtype | None, scaler: torch.amp.GradScaler | None, opt_dense: torch.optim.Optimizer,
+          opt_emb: torch.optim.Optimizer | None, dense_params: list[nn.Parameter], grad_clip: float | None,
+          stop_requested: Callable[[], bool]) -> tuple[float, bool]:
+    """One optimisation step on this rank's part of a global batch.
+
+    Returns (the global batch's mean loss, whether any rank asked to stop). One process: the mean
+    binary cross-entropy of the batch, as always. Several ranks: each rank's summed loss is scaled by
+    ``world_size / global batch size``, so DDP's average of the gradients is the gradient of the global
+    batch's mean loss however the batch was split (a stand-in row weighs 0); the loss for the log and the
+    stop requests are summed over ranks in one collective.
+    """
+    batch = item.batch.to(device)
+    opt_dense.zero_grad(set_to_none=True)
+    if opt_emb is not None:
+        opt_emb.zero_grad(set_to_none=True)
+    autocast = contextlib.nullcontext() if amp_dtype is None else torch.autocast(device.type, dtype=amp_dtype)
+    with autocast:
+        logits = forward(batch).float()  # [b]
+    if ctx.enabled:
+        summed = F.binary_cross_entropy_with_logits(logits, batch.label, reduction="sum")
+        loss = summed * (0.0 if item.stand_in else ctx.world_size / item.global_size)
+    else:
+        loss = F.binary_cross_entropy_with_logits(logits, batch.label)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt_dense)
+    else:
+        loss.backward()
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(dense_params, grad_clip)
+    for opt in (opt_dense, opt_emb):
+        if opt is None:
+            continue
+        if scaler is not None:
+            scaler.step(opt)
+        else:
+            opt.step()
+    if scaler is not None:
+        scaler.update()
+    if not ctx.enabled:
+        return float(loss.detach()), stop_requested()
+    local_sum = 0.0 if item.stand_in else float(summed.detach())
+    total, stops = all_sum([local_sum, float(stop_requested())], ctx)
+    return total / item.global_size, stops > 0
 
 
 def config_for_resume(out: str | os.PathLike) -> TrainConfig:
