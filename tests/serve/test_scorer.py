@@ -169,3 +169,24 @@ def test_explanations_say_which_attributes_matched(serve_data, tmp_path):
         expected = (codes[entry_items] == codes[candidates][:, None]) & (codes[candidates][:, None] != 0)
         assert torch.equal(expl.matched[..., f], expected & (expl.positions >= 0))
     assert bool(expl.matched.any()) and not bool(expl.matched.all())  # the check can fail both ways
+
+
+def test_gsu_match_index_equals_the_dense_match_term(serve_data):
+    """The GSU's sparse scatter of the match term equals the training module's dense term, unknown codes
+    (which never match) included."""
+    from twinv2.serve.scorer import _MatchIndex
+
+    model, _ = load_model(serve_data["twin"])
+    match = model.long_term.twin.match
+    gen = torch.Generator().manual_seed(0)
+    n, c = 300, 17
+    unknown = match.unknown_rows
+    codes = unknown + torch.randint(0, 4, (n, len(unknown)), generator=gen)  # value 0 = unknown, often
+    cand = unknown + torch.randint(0, 4, (c, len(unknown)), generator=gen)
+    alpha = torch.randn(match.weight.shape[1], c, n, generator=gen)
+    expected = alpha + match(cand, codes.expand(c, -1, -1)).permute(2, 0, 1).detach()
+    got = alpha.clone()
+    with torch.no_grad():
+        _MatchIndex(match, codes).add_to(got, cand)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    assert not torch.equal(got, alpha)

@@ -135,15 +135,38 @@ def _gsu_merge(alpha: torch.Tensor, k: int) -> torch.Tensor:
     return union.gather(1, index)
 
 
-def _match_scores(match: ExactMatch, cand_codes: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-    """The exact-match term laid out for the GSU: candidates' values int64 ``[c, F]``, behaviors' ``[n, F]``
-    -> float ``[H, c, n]``, one comparison per feature (no ``[c, n, F]`` temporary)."""
-    out = None
-    for f in range(codes.shape[1]):
-        equal = (cand_codes[:, f, None] == codes[None, :, f]) & (cand_codes[:, f, None] != match.unknown_rows[f])
-        term = match.weight[f][:, None, None] * equal.to(match.weight.dtype)  # [H, c, n]
-        out = term if out is None else out + term
-    return out
+class _MatchIndex:
+    """The behaviors of one request sorted by each matched categorical, so that a candidate's matches are a
+    contiguous run found by binary search: the GSU adds ``gamma[f]`` at the matching (candidate, behavior)
+    pairs only, a cost that grows with the number of matches instead of ``B x L`` per feature.
+
+    Args:
+        match: the model's :class:`ExactMatch`; codes: int64 ``[n, F]`` the behaviors' values (feature rows).
+    """
+
+    def __init__(self, match: ExactMatch, codes: torch.Tensor):
+        self.match = match
+        self.order = torch.argsort(codes, dim=0, stable=True)  # [n, F]
+        self.sorted = codes.gather(0, self.order)  # [n, F]
+
+    def add_to(self, alpha: torch.Tensor, cand_codes: torch.Tensor) -> None:
+        """``alpha[a, c, i] += gamma[f, a]`` wherever candidate c's value of f equals behavior i's (and is
+        known): alpha float ``[H, c, n]`` in place, cand_codes int64 ``[c, F]``. The same sums as the dense
+        ``alpha + sum_f gamma[f] * 1[equal]`` of training (adding 0 elsewhere changes nothing)."""
+        weight = self.match.weight.to(alpha.dtype)  # [F, H]
+        for f in range(cand_codes.shape[1]):
+            col = self.sorted[:, f].contiguous()
+            lo = torch.searchsorted(col, cand_codes[:, f], side="left")
+            hi = torch.searchsorted(col, cand_codes[:, f], side="right")
+            count = torch.where(cand_codes[:, f] != self.match.unknown_rows[f], hi - lo, 0)  # [c]
+            total = int(count.sum())
+            if not total:
+                continue
+            cand = torch.repeat_interleave(torch.arange(len(count), device=alpha.device), count)  # [P]
+            start = torch.repeat_interleave(lo, count)
+            step = torch.arange(total, device=alpha.device) - torch.repeat_interleave(count.cumsum(0) - count, count)
+            pos = self.order[start + step, f]  # [P] matching behaviors
+            alpha[:, cand, pos] += weight[f][:, None]
 
 
 class Scorer:
@@ -242,13 +265,14 @@ class Scorer:
         # GSU in small chunks (their [H, chunk, n] scores stay in cache), then the ESU, short-term module and
         # MLP in larger chunks (fewer, bigger operations).
         if n > k and B:
+            match_index = None if codes is None else _MatchIndex(twin.match, codes)
             chunks = []
             for start in range(0, B, self.chunk):
                 q = score_query[start:start + self.chunk]
                 ones = torch.ones(H, len(q), 1, device=device)
                 alpha = torch.bmm(torch.cat([twin.score.project_query(q), ones], dim=2), keys_t)  # [H, c, n]
-                if codes is not None:
-                    alpha = alpha + _match_scores(twin.match, cand_codes[start:start + self.chunk], codes)
+                if match_index is not None:
+                    match_index.add_to(alpha, cand_codes[start:start + self.chunk])
                 chunks.append(_gsu_merge(alpha, k))  # [c, k]
             index = torch.cat(chunks)
         else:  # the whole sequence fits in the ESU, as in TwinAttention.forward
