@@ -174,15 +174,16 @@ def make_folder(compressed_manifest: dict[str, Any] | None, embeddings: np.ndarr
     config = ClusterConfig(**compressed_manifest["cluster_config"])
     comp = UserCompressor(embeddings, item_numerics, list(cross_names), list(compressed_manifest["mean_features"]),
                           config, int(compressed_manifest["snapshot_ts"]), int(compressed_manifest["seed"]))
-    names = list(compressed_manifest.get("member_share_features") or [])
+    available = item_categoricals or {}
+    if config.split_by is not None and config.split_by not in available:
+        raise ConfigError(f"the compression version clusters within values of {config.split_by!r}, which the "
+                          f"model's item table does not have: live behaviors cannot be folded")
+    # Member shares are recorded where the item table has the categorical (informational, like the job's).
+    names = [n for n in compressed_manifest.get("member_share_features") or [] if n in available]
     if config.split_by is not None and config.split_by not in names:
         names.append(config.split_by)
     if names:
-        missing = [n for n in names if n not in (item_categoricals or {})]
-        if missing:
-            raise ConfigError(f"the compression version clusters by or records {', '.join(missing)}, which the "
-                              f"model's item table does not have")
-        comp = comp.with_item_categoricals(item_categoricals, names)
+        comp = comp.with_item_categoricals(available, names)
     return Folder(comp, list(cross_names), raw_cap, context)
 
 
