@@ -73,8 +73,7 @@ def _free_port() -> int:
 def _rank_main(rank: int, world: int, port: int, target: Callable[..., Any], args: tuple, queue: Any) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
-    # A forked child must not enter the OpenMP pool its parent started (GNU OpenMP deadlocks): one thread,
-    # as DataLoader workers do.
+    # One thread per rank: two ranks share the machine's cores.
     torch.set_num_threads(1)
     try:
         queue.put((rank, True, target(rank, *args)))
@@ -83,8 +82,11 @@ def _rank_main(rank: int, world: int, port: int, target: Callable[..., Any], arg
 
 
 def run_ranks(world: int, target: Callable[..., Any], *args: Any, timeout: float = 120) -> list[tuple[bool, Any]]:
-    """Run ``target(rank, *args)`` in ``world`` forked ranks; (ok, result or (error type, message)) per rank."""
-    ctx = multiprocessing.get_context("fork")
+    """Run ``target(rank, *args)`` in ``world`` spawned ranks (a module-level function); (ok, result or (error
+    type, message)) per rank. Spawned, not forked: a rank forked from a pytest process whose earlier tests
+    started torch's OpenMP pool could deadlock in it (seen once in a full-suite run: a rank that never
+    reported)."""
+    ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     port = _free_port()
     procs = [ctx.Process(target=_rank_main, args=(r, world, port, target, args, queue)) for r in range(world)]
@@ -246,7 +248,7 @@ def _train_or_fail(rank: int, dataset_dir: Path, out: Path, how: str) -> Any:
                 os._exit(1)
             return real(*args, **kwargs)
 
-        loop._step = dying_step  # this forked rank's copy of the module only
+        loop._step = dying_step  # this rank's own copy of the module only
         train_model(dataset_dir, out / "rank1", cfg, show_progress=False, console=_quiet())
     ctx, _ = setup_distributed(torch.device("cpu"), timeout=3.0)
     assert isinstance(ctx, DistContext) and ctx.enabled
@@ -258,7 +260,7 @@ def _train_or_fail(rank: int, dataset_dir: Path, out: Path, how: str) -> Any:
 
 @pytest.mark.parametrize("how", ["dies", "hangs", "dies mid-run"])
 def test_a_rank_that_dies_or_hangs_ends_the_job_with_a_clear_error(tiny_dataset_dir, tmp_path, how):
-    ctx = multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     port = _free_port()
     procs = [ctx.Process(target=_rank_main, args=(r, 2, port, _train_or_fail, (tiny_dataset_dir, tmp_path, how),
