@@ -2,9 +2,8 @@
 batch, metrics are computed on the union of the ranks' predictions, a run resumes on another number of
 ranks, and a rank that dies or hangs ends the job with a clear error.
 
-Ranks are forked processes that join a process group through the environment variables ``torchrun`` sets
-(forking keeps each run to about a second; ``test_train_cli_nproc_runs_torchrun`` goes through torchrun
-itself).
+Ranks are spawned processes that join a process group through the environment variables ``torchrun`` sets
+(``test_train_cli_nproc_runs_torchrun`` goes through torchrun itself).
 
 Tolerance: the ranks sum the gradients of their parts of a batch in another order than one process does, so
 the runs agree to float rounding: parameters within ``PARAM_ATOL`` = 1e-5 (measured: below 1e-6 on parameters
