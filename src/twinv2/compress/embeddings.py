@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from twinv2.compress.store import DEFAULT_CHUNK_ROWS, EventChunks, open_event_chunks, user_ranges
 from twinv2.data.store import Dataset, Histories
 from twinv2.errors import CheckpointError, CompressionError, ConfigError, EmbeddingError
 
@@ -43,8 +46,10 @@ __all__ = [
     "EmbeddingSource",
     "ItemEmbeddingTable",
     "cooccurrence_embeddings",
+    "cooccurrence_embeddings_from_chunks",
     "export_cooccurrence_embeddings",
     "hashed_gaussian",
+    "history_chunks",
     "item_embedding_table",
     "load_checkpoint_item_embeddings",
     "load_embedding_file",
@@ -268,67 +273,199 @@ def _checkpoint_rows(obj: dict[str, Any], path: str | os.PathLike) -> tuple[np.n
 
 
 # ---- training-free default: PPMI of co-occurrence + randomized SVD ------------------------------------
+#
+# The co-occurrence matrix has up to `window` distinct item pairs per behavior (about 4 with window 5 on the
+# synthetic data), so it grows with the log, not with the catalogue: it is built and read in bounded memory.
+# Pairs are spilled to a temporary folder in buckets of their smaller item id (`lo`), each bucket is
+# aggregated alone, and the randomized SVD multiplies by the matrix streaming the buckets' positive entries.
+# Every floating-point operation is the one of the in-memory formulation, in the same order, so the table is
+# bit-identical to it whatever the chunking and the memory budget (tested).
+
+DEFAULT_COOCCURRENCE_MEMORY = 1 << 29
+"""Working-set bytes of the co-occurrence stage: half for the bucket of pairs being aggregated, half for the
+positive entries kept in memory while they fit (beyond, they are read back from disk); the rest is
+O(items) plus one chunk of events."""
+_BYTES_PER_RAW_PAIR = 96    # aggregating one bucket: per spilled (pair, lag) entry, arrays and sort buffers
+_BYTES_PER_PAIR = 16        # a positive entry: lo, hi (int32) and PPMI (float64)
+
+
+def history_chunks(histories: Histories, before_ts: int | None = None, rows: int = DEFAULT_CHUNK_ROWS
+                   ) -> EventChunks:
+    """:data:`EventChunks` over in-memory CSR histories: users in ranges of about ``rows`` behaviors, each
+    user's behaviors strictly before ``before_ts`` (all of them when None)."""
+    h = histories
+
+    def one_pass() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for u0, u1 in user_ranges(h.offsets, rows):
+            lo, hi = int(h.offsets[u0]), int(h.offsets[u1])
+            items = h.item_id[lo:hi]
+            users = np.repeat(np.arange(u0, u1, dtype=np.int64), np.diff(h.offsets[u0:u1 + 1]))
+            if before_ts is not None:
+                keep = h.ts[lo:hi] < before_ts
+                items, users = items[keep], users[keep]
+            yield np.asarray(items, dtype=np.int64), users
+
+    return one_pass
+
+
+def _lag_pairs(items: np.ndarray, users: np.ndarray, lag: int, base: np.int64) -> np.ndarray:
+    """Keys ``lo * base + hi`` of the distinct-item pairs ``lag`` behaviors apart within one user."""
+    a, b = items[:-lag], items[lag:]
+    keep = (users[:-lag] == users[lag:]) & (a != b)
+    return np.minimum(a, b)[keep] * base + np.maximum(a, b)[keep]
+
+
+def _bucket_bounds(freq: np.ndarray, buckets: int) -> np.ndarray:
+    """Item-id bounds ``[0 = b_0 < ... < b_B = num_items + 1]`` splitting the pairs by their smaller item into
+    about equal buckets: item ``i`` is the smaller of a pair with probability ``p_i (2 P(j > i) + p_i)``."""
+    n1 = len(freq)
+    if buckets <= 1 or freq.sum() == 0:
+        return np.array([0, n1], np.int64)
+    p = freq / freq.sum()
+    above = p[::-1].cumsum()[::-1] - p                      # P(j > i)
+    mass = np.cumsum(p * (2 * above + p))
+    cuts = np.searchsorted(mass, mass[-1] * np.arange(1, buckets) / buckets, side="right")
+    return np.unique(np.concatenate([[0], np.clip(cuts, 1, n1 - 1), [n1]])).astype(np.int64)
 
 
 @numba.njit(cache=True)
-def _csr_matmul(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, dense: np.ndarray) -> np.ndarray:
-    """float64 ``[n, k]`` = CSR ``[n, n]`` @ dense ``[n, k]`` (no input validation)."""
-    n, k = len(indptr) - 1, dense.shape[1]
-    out = np.zeros((n, k), np.float64)
-    for i in range(n):
-        for p in range(indptr[i], indptr[i + 1]):
-            j, v = indices[p], data[p]
-            for c in range(k):
-                out[i, c] += v * dense[j, c]
-    return out
+def _accumulate(total: np.ndarray, index: np.ndarray, weights: np.ndarray) -> None:
+    """``total[index[p]] += weights[p]`` in order of ``p`` (what ``np.bincount`` does, across calls)."""
+    for p in range(len(index)):
+        total[index[p]] += weights[p]
 
 
-def _cooccurrence_counts(items: np.ndarray, users: np.ndarray, num_items: int, window: int
-                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Weighted co-occurrence of distinct items at most ``window`` behaviors apart (weight 1/lag).
+@numba.njit(cache=True)
+def _pairs_matmul_into(lo: np.ndarray, hi: np.ndarray, values: np.ndarray, compact: np.ndarray,
+                       dense: np.ndarray, out: np.ndarray) -> None:
+    """``out += M @ dense`` for the symmetric matrix M holding each upper-triangle entry ``(lo, hi)`` and its
+    mirror, rows and columns renumbered by ``compact`` (no input validation).
 
-    Returns the upper triangle as COO ``(lo, hi, weight)`` with ``lo < hi``, each pair once.
+    Entries come sorted by ``(lo, hi)``, so each row ``r`` receives its terms in ascending column order (first
+    the pairs ``(c, r)``, ``c < r``, then ``(r, c)``, ``c > r``): the row-by-row sums of a column-sorted CSR
+    product, operation for operation.
     """
-    base = np.int64(num_items + 1)
-    keys, weights = [], []
-    for lag in range(1, window + 1):
-        if lag >= len(items):
-            break
-        a, b = items[:-lag], items[lag:]
-        keep = (users[:-lag] == users[lag:]) & (a != b)
-        key = np.minimum(a, b)[keep] * base + np.maximum(a, b)[keep]
-        uniq, counts = np.unique(key, return_counts=True)  # aggregate per lag to bound memory
-        keys.append(uniq)
-        weights.append(counts / lag)
-    if not keys:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
-    uniq, inverse = np.unique(np.concatenate(keys), return_inverse=True)
-    w = np.bincount(inverse, weights=np.concatenate(weights))
-    return uniq // base, uniq % base, w
+    k = dense.shape[1]
+    for p in range(len(lo)):
+        a, b, v = compact[lo[p]], compact[hi[p]], values[p]
+        for c in range(k):
+            out[b, c] += v * dense[a, c]
+        for c in range(k):
+            out[a, c] += v * dense[b, c]
 
 
-@numba.njit(cache=True)
-def _symmetric_csr(lo: np.ndarray, hi: np.ndarray, values: np.ndarray, n: int
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """CSR ``[n, n]`` holding each upper-triangle entry ``(lo, hi)`` and its mirror (a counting sort)."""
-    counts = np.zeros(n + 1, np.int64)
-    for p in range(len(lo)):
-        counts[lo[p] + 1] += 1
-        counts[hi[p] + 1] += 1
-    indptr = np.cumsum(counts)
-    fill = indptr[:-1].copy()
-    indices = np.empty(2 * len(lo), np.int64)
-    data = np.empty(2 * len(lo), np.float64)
-    for p in range(len(lo)):
-        for r, c in ((lo[p], hi[p]), (hi[p], lo[p])):
-            indices[fill[r]] = c
-            data[fill[r]] = values[p]
-            fill[r] += 1
-    return indptr, indices, data
+class _PairStore:
+    """The co-occurrence pairs of a log, spilled by bucket to a temporary folder (see the section comment)."""
+
+    def __init__(self, folder: Path, num_items: int, window: int, memory_bytes: int):
+        self.folder, self.num_items, self.window, self.memory = folder, num_items, window, memory_bytes
+        self.base = np.int64(num_items + 1)
+        self.bounds = np.array([0, num_items + 1], np.int64)
+        self.num_pairs = 0
+        self.positive: list[tuple[np.ndarray, np.ndarray, np.ndarray] | Path] = []
+        self.positive_entries = 0
+
+    def _raw(self, bucket: int, lag: int) -> Path:
+        return self.folder / f"raw-{bucket:05d}-{lag}.bin"
+
+    def spill(self, chunks: EventChunks) -> None:
+        """Pass 1 sizes the buckets from the item frequencies, pass 2 writes each chunk's pairs of each lag
+        (deduplicated with counts) to its buckets."""
+        freq = np.zeros(self.num_items + 1, np.int64)
+        for items, _ in chunks():
+            freq += np.bincount(items, minlength=self.num_items + 1)
+        raw_bytes = self.window * int(freq.sum()) * _BYTES_PER_RAW_PAIR
+        self.bounds = _bucket_bounds(freq, -(-raw_bytes // max(self.memory // 2, 1)))
+        key_bounds = self.bounds[1:-1] * self.base
+        for items, users in chunks():
+            for lag in range(1, self.window + 1):
+                if lag >= len(items):
+                    break
+                uniq, counts = np.unique(_lag_pairs(items, users, lag, self.base), return_counts=True)
+                cuts = np.concatenate([[0], np.searchsorted(uniq, key_bounds), [len(uniq)]])
+                for bucket in np.flatnonzero(np.diff(cuts)):
+                    s, e = cuts[bucket], cuts[bucket + 1]
+                    with open(self._raw(int(bucket), lag), "ab") as fh:
+                        np.stack([uniq[s:e], counts[s:e]], axis=1).tofile(fh)
+
+    def _bucket_weights(self, bucket: int) -> tuple[np.ndarray, np.ndarray]:
+        """Distinct pairs of one bucket (sorted keys) and their weights ``sum over lags of count / lag``."""
+        keys, weights = [], []
+        for lag in range(1, self.window + 1):
+            file = self._raw(bucket, lag)
+            if not file.exists():
+                continue
+            raw = np.fromfile(file, np.int64).reshape(-1, 2)
+            file.unlink()
+            uniq, inverse = np.unique(raw[:, 0], return_inverse=True)
+            counts = np.bincount(inverse, weights=raw[:, 1])  # integers, exact in float64
+            del raw, inverse
+            keys.append(uniq)
+            weights.append(counts / lag)
+        if not keys:
+            return np.zeros(0, np.int64), np.zeros(0)
+        uniq, inverse = np.unique(np.concatenate(keys), return_inverse=True)
+        return uniq, np.bincount(inverse, weights=np.concatenate(weights))
+
+    def aggregate(self) -> np.ndarray:
+        """PPMI of every pair, keeping the positive entries (in memory while they fit the budget, else on
+        disk). Returns the items with at least one positive entry, bool ``[num_items + 1]``."""
+        n1 = self.num_items + 1
+        total_lo, total_hi = np.zeros(n1), np.zeros(n1)
+        buckets = len(self.bounds) - 1
+        for bucket in range(buckets):
+            uniq, w = self._bucket_weights(bucket)
+            self.num_pairs += len(uniq)
+            _accumulate(total_lo, uniq // self.base, w)
+            _accumulate(total_hi, uniq % self.base, w)
+            np.save(self.folder / f"keys-{bucket:05d}.npy", uniq)
+            np.save(self.folder / f"weights-{bucket:05d}.npy", w)
+        item_total = total_lo + total_hi
+        grand_total = item_total.sum()
+        learned = np.zeros(n1, bool)
+        keep_in_memory = True
+        for bucket in range(buckets):
+            files = self.folder / f"keys-{bucket:05d}.npy", self.folder / f"weights-{bucket:05d}.npy"
+            uniq, w = np.load(files[0]), np.load(files[1])
+            for file in files:
+                file.unlink()
+            lo, hi = uniq // self.base, uniq % self.base
+            pmi = np.log(w * grand_total / (item_total[lo] * item_total[hi]))
+            pos = pmi > 0
+            index = np.int32 if n1 <= np.iinfo(np.int32).max else np.int64
+            lo, hi, pmi = lo[pos].astype(index), hi[pos].astype(index), pmi[pos]
+            learned[lo] = learned[hi] = True
+            self.positive_entries += len(pmi)
+            keep_in_memory = keep_in_memory and self.positive_entries * _BYTES_PER_PAIR <= self.memory // 2
+            if keep_in_memory:
+                self.positive.append((lo, hi, pmi))
+                continue
+            for i, held in enumerate(self.positive):  # over the budget: everything goes to disk
+                if not isinstance(held, Path):
+                    self.positive[i] = self._save_positive(i, held)
+            self.positive.append(self._save_positive(bucket, (lo, hi, pmi)))
+        return learned
+
+    def _save_positive(self, bucket: int, entries: tuple[np.ndarray, np.ndarray, np.ndarray]) -> Path:
+        file = self.folder / f"positive-{bucket:05d}.npz"
+        np.savez(file, lo=entries[0], hi=entries[1], v=entries[2])
+        return file
+
+    def matmul(self, compact: np.ndarray, dense: np.ndarray) -> np.ndarray:
+        """float64 ``[n, k]`` = M @ ``dense`` (``n`` = learned items, numbered by ``compact``)."""
+        out = np.zeros(dense.shape)
+        for held in self.positive:
+            if isinstance(held, Path):
+                with np.load(held) as f:
+                    _pairs_matmul_into(f["lo"], f["hi"], f["v"], compact, dense, out)
+            else:
+                _pairs_matmul_into(*held, compact, dense, out)
+        return out
 
 
 def cooccurrence_embeddings(histories: Histories, num_items: int, *, dim: int = 32, window: int = 5,
-                            before_ts: int | None = None, seed: int = 0, power_iterations: int = 4
+                            before_ts: int | None = None, seed: int = 0, power_iterations: int = 4,
+                            memory_bytes: int = DEFAULT_COOCCURRENCE_MEMORY, work_dir: str | os.PathLike | None = None
                             ) -> tuple[np.ndarray, np.ndarray, int]:
     """Training-free item embeddings from the events: PPMI of co-occurrence, truncated SVD.
 
@@ -341,34 +478,41 @@ def cooccurrence_embeddings(histories: Histories, num_items: int, *, dim: int = 
     Args:
         histories: CSR histories; only behaviors strictly before ``before_ts`` are used (no leakage).
         num_items: items are ``1..num_items``.
+        memory_bytes, work_dir: see :func:`cooccurrence_embeddings_from_chunks`.
     Returns:
         ``(item_ids, matrix, num_learned)``: int64 ``[num_items]``, float32 ``[num_items, dim]`` and how many
         items got a learned (not hashed) vector.
     """
-    h = histories
-    row_user = np.repeat(np.arange(h.num_users, dtype=np.int64), h.lengths())
-    if before_ts is None:
-        items, users = h.item_id, row_user
-    else:
-        end = h.end_before(np.arange(h.num_users), np.full(h.num_users, before_ts, np.int64))
-        keep = np.arange(len(h.item_id)) < end[row_user]
-        items, users = h.item_id[keep], row_user[keep]
-    lo, hi, w = _cooccurrence_counts(items, users, num_items, window)
+    return cooccurrence_embeddings_from_chunks(history_chunks(histories, before_ts), num_items, dim=dim,
+                                               window=window, seed=seed, power_iterations=power_iterations,
+                                               memory_bytes=memory_bytes, work_dir=work_dir)
+
+
+def cooccurrence_embeddings_from_chunks(chunks: EventChunks, num_items: int, *, dim: int = 32, window: int = 5,
+                                        seed: int = 0, power_iterations: int = 4,
+                                        memory_bytes: int = DEFAULT_COOCCURRENCE_MEMORY,
+                                        work_dir: str | os.PathLike | None = None
+                                        ) -> tuple[np.ndarray, np.ndarray, int]:
+    """:func:`cooccurrence_embeddings` over a log read in chunks (two passes of ``chunks``).
+
+    Memory is O(items x dim) plus about ``memory_bytes`` for the pairs (and the largest chunk); pairs over
+    that budget wait in a temporary folder under ``work_dir`` (default: the system's, ``TMPDIR``), about 50
+    bytes per distinct co-occurring pair at its fullest, removed on return. The table is bit-identical
+    whatever the chunking and the budget.
+    """
+    if memory_bytes < 1:
+        raise ConfigError(f"memory_bytes={memory_bytes}: expected a positive number of bytes")
     matrix = np.zeros((num_items + 1, dim), np.float32)
-    learned = np.zeros(num_items + 1, bool)
-    if len(w):
-        item_total = np.bincount(lo, weights=w, minlength=num_items + 1) + np.bincount(
-            hi, weights=w, minlength=num_items + 1)
-        pmi = np.log(w * item_total.sum() / (item_total[lo] * item_total[hi]))
-        pos = pmi > 0
-        lo, hi, pmi = lo[pos], hi[pos], pmi[pos]
-        learned[lo] = learned[hi] = True                 # items with at least one positive PMI entry
+    with tempfile.TemporaryDirectory(prefix="twinv2-cooccurrence-", dir=work_dir) as folder:
+        store = _PairStore(Path(folder), num_items, window, memory_bytes)
+        store.spill(chunks)
+        learned = store.aggregate()
         active = np.flatnonzero(learned)
         if len(active):
             compact = np.full(num_items + 1, -1, np.int64)
             compact[active] = np.arange(len(active))
-            csr = _symmetric_csr(compact[lo], compact[hi], pmi, len(active))
-            vectors = _randomized_embedding(*csr, dim, seed, power_iterations)
+            vectors = _randomized_embedding(lambda dense: store.matmul(compact, dense), len(active), dim, seed,
+                                            power_iterations)
             matrix[active, : vectors.shape[1]] = vectors
     fallback = np.flatnonzero(~learned[1:]) + 1
     if len(fallback):
@@ -435,20 +579,20 @@ def _project(q: np.ndarray, v: np.ndarray) -> np.ndarray:
     return out
 
 
-def _randomized_embedding(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, dim: int, seed: int,
+def _randomized_embedding(matmul: Callable[[np.ndarray], np.ndarray], n: int, dim: int, seed: int,
                           power_iterations: int) -> np.ndarray:
-    """``U_d sqrt(S_d)`` of a symmetric CSR matrix M ``[n, n]`` by randomized range finding.
+    """``U_d sqrt(S_d)`` of a symmetric matrix M ``[n, n]`` given as ``matmul(x) = M @ x``, by randomized
+    range finding.
 
     Q spans M's dominant subspace after power iterations; with ``B = Q^T M`` (``[k, n]``), the SVD
     ``B = U_b S V^T`` follows from the small eigenproblem ``B B^T = (MQ)^T (MQ) = U_b S^2 U_b^T``.
     Returns float32 ``[n, min(dim, k)]``.
     """
-    n = len(indptr) - 1
     k = min(dim + 10, n)
     q = np.random.default_rng(seed).standard_normal((n, k))
     for _ in range(power_iterations + 1):
-        q = _orthonormal_columns(_csr_matmul(indptr, indices, data, q))
-    evals, evecs = np.linalg.eigh(_gram(_csr_matmul(indptr, indices, data, q)))  # ascending
+        q = _orthonormal_columns(matmul(q))
+    evals, evecs = np.linalg.eigh(_gram(matmul(q)))  # ascending
     d = min(dim, k)
     top = np.argsort(evals)[::-1][:d]
     s = np.sqrt(np.maximum(evals[top], 0.0))
@@ -497,13 +641,14 @@ def _raw_id_lookup(dataset: Dataset, file: str) -> dict[str, int]:
 
 
 def table_from_rows(ids: np.ndarray, matrix: np.ndarray, dataset: Dataset, *, missing: str, seed: int,
-                    normalize: bool, file: str) -> tuple[np.ndarray, dict[str, Any]]:
+                    normalize: bool, file: str, used: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """Place keyed rows into a validated ``[num_items + 1, d]`` table.
 
     Checks (each an :class:`EmbeddingError` naming ``file`` with a count and example ids): finite values;
     dense ids within ``0..num_items`` (0, the padding row, is ignored) and unique; every item occurring in
     the events has a row (unless ``missing="random"``); with ``normalize``, no zero vector for those items.
-    Rows of items nobody interacted with are filled with hashed Gaussian vectors.
+    Rows of items nobody interacted with are filled with hashed Gaussian vectors. ``used`` (bool
+    ``[num_items + 1]``, the items occurring in the events) is read from ``dataset.histories`` when None.
     """
     num_items = dataset.manifest.num_items
     bad = ~np.isfinite(matrix).all(axis=1)
@@ -530,8 +675,9 @@ def table_from_rows(ids: np.ndarray, matrix: np.ndarray, dataset: Dataset, *, mi
     table = np.zeros((num_items + 1, dim), np.float32)
     provided = np.zeros(num_items + 1, bool)
     table[ids], provided[ids] = matrix, True
-    used = np.zeros(num_items + 1, bool)
-    used[dataset.histories.item_id] = True
+    if used is None:
+        used = np.zeros(num_items + 1, bool)
+        used[dataset.histories.item_id] = True
     missing_used = np.flatnonzero(used & ~provided)
     if len(missing_used) and missing == "error":
         raise EmbeddingError(f"{file}: {len(missing_used)} of the {int(used.sum())} items that occur in the "
@@ -591,7 +737,9 @@ def _check_checkpoint_window(obj: dict[str, Any], before_ts: int | None, source:
 
 
 def item_embedding_table(source: EmbeddingSource, dataset: Dataset, *, before_ts: int | None, seed: int,
-                         normalize: bool = True) -> ItemEmbeddingTable:
+                         normalize: bool = True, chunks: EventChunks | None = None,
+                         used: np.ndarray | None = None, memory_bytes: int = DEFAULT_COOCCURRENCE_MEMORY,
+                         work_dir: str | os.PathLike | None = None) -> ItemEmbeddingTable:
     """Build and validate the item table the job clusters with.
 
     Args:
@@ -600,6 +748,11 @@ def item_embedding_table(source: EmbeddingSource, dataset: Dataset, *, before_ts
         before_ts: the snapshot; the ``cooccurrence`` default learns only from behaviors before it.
         seed: seeds the randomized SVD and the hashed fallback vectors.
         normalize: whether the clustering L2-normalises (then zero vectors are an error).
+        chunks, used: for a dataset whose events are not in memory (``dataset.histories`` then only needs
+            its offsets): the behaviors before ``before_ts`` as :data:`EventChunks`, and the items occurring
+            in the events, bool ``[num_items + 1]``. Both default to reading ``dataset.histories``.
+        memory_bytes, work_dir: the co-occurrence default's budget and temporary folder
+            (:func:`cooccurrence_embeddings_from_chunks`).
     Returns:
         :class:`ItemEmbeddingTable` with ``table`` float32 ``[num_items + 1, d]``.
     Raises:
@@ -608,9 +761,10 @@ def item_embedding_table(source: EmbeddingSource, dataset: Dataset, *, before_ts
     """
     desc = source.describe()
     if source.kind == "cooccurrence":
-        ids, matrix, learned = cooccurrence_embeddings(
-            dataset.histories, dataset.manifest.num_items, dim=source.dim, window=source.window,
-            before_ts=before_ts, seed=seed)
+        ids, matrix, learned = cooccurrence_embeddings_from_chunks(
+            chunks if chunks is not None else history_chunks(dataset.histories, before_ts),
+            dataset.manifest.num_items, dim=source.dim, window=source.window, seed=seed,
+            memory_bytes=memory_bytes, work_dir=work_dir)
         desc.update(before_ts=before_ts, items_learned=learned)
         file = "co-occurrence embeddings"
     elif source.kind == "checkpoint":
@@ -627,7 +781,7 @@ def item_embedding_table(source: EmbeddingSource, dataset: Dataset, *, before_ts
         ids, matrix = load_embedding_file(source.path, _ids_path_for(source))  # type: ignore[arg-type]
         file = str(source.path)
     table, info = table_from_rows(ids, matrix, dataset, missing=source.missing, seed=seed, normalize=normalize,
-                                  file=file)
+                                  file=file, used=used)
     desc.update(info, dim=int(table.shape[1]))
     return ItemEmbeddingTable(table=table, source=desc)
 
@@ -675,12 +829,10 @@ def export_cooccurrence_embeddings(dataset: str | os.PathLike, out: str | os.Pat
 
     Returns ``{"path", "items", "items_learned", "dim"}``.
     """
-    from twinv2.data.store import load_dataset
-
     EmbeddingSource("cooccurrence", dim=dim, window=window)  # validates dim and window
-    ds = load_dataset(dataset)
-    ids, matrix, learned = cooccurrence_embeddings(ds.histories, ds.manifest.num_items, dim=dim, window=window,
-                                                   before_ts=before_ts, seed=seed)
+    ds, chunks = open_event_chunks(dataset, before_ts)
+    ids, matrix, learned = cooccurrence_embeddings_from_chunks(chunks, ds.manifest.num_items, dim=dim,
+                                                               window=window, seed=seed)
     raw = None
     items_file = ds.path / "items.parquet"
     if Path(out).suffix.lower() == ".parquet" and "raw_item_id" in pq.read_schema(items_file).names:

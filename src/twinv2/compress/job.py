@@ -11,6 +11,12 @@ the behaviors of ``[old snapshot, new snapshot)`` into an existing folder's clus
 run also records, per inherent categorical, the share of each cluster's members holding its majority value
 and its representative's value (``twinv2 compress stats`` reports them as member purity).
 
+Memory: the local backend never holds the whole log. The parent reads the dataset's items and user
+offsets, then streams the events a row group at a time (validation, per-user counts before the snapshot,
+the co-occurrence embeddings' chunks); a part task is a descriptor (users and row ranges) and whoever runs
+it reads only its users' rows from ``events.parquet``. Peak memory is O(one part + one row group + the item
+tables) per process, plus the co-occurrence stage's bounded working set (docs/compression.md, "Memory").
+
 Backends: ``local`` (``multiprocessing`` with the spawn start method) and ``spark``
 (:mod:`twinv2.compress.spark`, the same per-user function under ``groupBy("user_id").applyInPandas``).
 """
@@ -18,6 +24,7 @@ Backends: ``local`` (``multiprocessing`` with the spawn start method) and ``spar
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import multiprocessing
 import os
 import shutil
@@ -30,14 +37,22 @@ from types import EllipsisType
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from twinv2._io import load_npy, read_json_object, save_npy_atomic, write_json_atomic
 from twinv2._progress import make_progress
 from twinv2.compress.cluster import ClusterConfig
 from twinv2.compress.compressor import ONE_THREAD_ENV, UserCompressor
-from twinv2.compress.embeddings import EmbeddingSource, ItemEmbeddingTable, item_embedding_table
+from twinv2.compress.embeddings import (
+    DEFAULT_COOCCURRENCE_MEMORY,
+    EmbeddingSource,
+    ItemEmbeddingTable,
+    item_embedding_table,
+)
 from twinv2.compress.store import (
+    BASE_COLUMNS,
+    DEFAULT_CHUNK_ROWS,
     EMBEDDINGS_FILE,
     FORMAT_VERSION,
     JOB_FILE,
@@ -45,44 +60,52 @@ from twinv2.compress.store import (
     MANIFEST_FILE,
     OFFSETS_FILE,
     Columns,
+    EventFile,
     check_compressed_output,
     concat_columns,
     empty_columns,
-    load_compressed,
     mean_feature_names,
-    members_per_user,
+    open_dataset_events,
     part_name,
     read_compressed_manifest,
     read_part,
+    scan_events,
     virtual_item_schema,
     write_part,
 )
-from twinv2.data.store import Dataset, load_dataset
-from twinv2.errors import CompressionError, ConfigError, EmbeddingError
+from twinv2.data.store import Dataset
+from twinv2.errors import CompressionError, ConfigError, DataValidationError, EmbeddingError
 
 __all__ = ["BACKENDS", "CompressSummary", "UserCompressor", "compress_dataset", "compress_incremental"]
 
 BACKENDS = ("local", "spark")
 DEFAULT_USERS_PER_PART = 256
+# Read when a run starts (tests shrink them to exercise many chunks, buckets and files on small data).
+COOCCURRENCE_MEMORY = DEFAULT_COOCCURRENCE_MEMORY  # bytes: working set of the co-occurrence embeddings
+CHUNK_ROWS = DEFAULT_CHUNK_ROWS  # behaviors per chunk when the co-occurrence embeddings stream the events
 # ---- parts ---------------------------------------------------------------------------------------------
 
 
 @dataclass
 class PartTask:
-    """The behaviors of users ``[user_start, user_end)`` for one part (rows ``offsets[k]:offsets[k+1]``)."""
+    """Users ``[user_start, user_end)`` of one part, as row ranges of the events (not the behaviors).
+
+    User ``user_start + k`` owns rows ``offsets[k]:offsets[k + 1]`` and the task processes rows
+    ``lo_rows[k]:hi_rows[k]`` (a full run: from the first row to the snapshot; incremental: between the
+    two snapshots).
+    """
 
     index: int
     user_start: int
     user_end: int
+    events: EventFile
     offsets: np.ndarray
-    item_id: np.ndarray
-    ts: np.ndarray
-    label: np.ndarray
-    cross: dict[str, np.ndarray]
+    lo_rows: np.ndarray
+    hi_rows: np.ndarray
     out_file: str
     incremental: bool = False
     base_file: str | None = None          # incremental: the base folder's part with the same users, if any
-    new_groups: np.ndarray | None = None  # incremental with quantile bins: groups of the new behaviors
+    quantile_groups: int | None = None    # incremental with quantile bins: the number of groups M
 
 
 @dataclass
@@ -95,18 +118,43 @@ class PartResult:
     clusters: int
 
 
+def _quantile_groups(completion: np.ndarray, first: int, lo: int, hi: int, num_groups: int) -> np.ndarray:
+    """Groups of the new behaviors ``completion[lo:hi]`` by the quantile cuts of the user's clustered history
+    ``completion[first:lo]`` (its behaviors before the base snapshot), int8."""
+    new = np.clip(completion[lo:hi].astype(np.float64), 0.0, 1.0)
+    old = completion[first:lo]
+    ref = np.clip(old.astype(np.float64), 0.0, 1.0) if len(old) else new
+    if len(ref) == 0:
+        return np.zeros(0, np.int8)
+    cuts = np.quantile(ref, np.arange(1, num_groups) / num_groups)
+    return np.searchsorted(cuts, new, side="left").astype(np.int8)
+
+
+def _release_memory() -> None:
+    """Hand freed memory back to the OS: Arrow's allocator keeps freed row groups, and glibc keeps freed
+    blocks below its (growing) mmap threshold in the heap, so a finished stage would stay resident."""
+    pa.default_memory_pool().release_unused()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def process_part(comp: UserCompressor, task: PartTask) -> PartResult:
-    """Compress (or update) every user of one part and write the part file atomically."""
+    """Read the part's rows, compress (or update) every user of it and write the part file atomically."""
     schema = virtual_item_schema(comp.mean_names, comp.share_names)
     dim = comp.embeddings.shape[1]  # type: ignore[union-attr]
     old: Columns | None = None
     if task.incremental:
         # Users added to the dataset after the base run have no base part: they start with no clusters.
         old = read_part(task.base_file) if task.base_file else empty_columns(schema, dim)
+    n = task.user_end - task.user_start
+    start = int(task.offsets[0]) if task.quantile_groups is not None else int(task.lo_rows[0]) if n else 0
+    rows = task.events.read(start, int(task.hi_rows[-1]) if n else 0)
+    item_id, ts, label = rows["item_id"], rows["ts"], rows["label"]
+    cross = {name: rows[name] for name in task.events.cross}
     per_user: list[Columns] = []
     for k, user in enumerate(range(task.user_start, task.user_end)):
-        lo, hi = int(task.offsets[k]), int(task.offsets[k + 1])
-        args = (task.item_id[lo:hi], task.ts[lo:hi], task.label[lo:hi], {n: v[lo:hi] for n, v in task.cross.items()})
+        lo, hi = int(task.lo_rows[k]) - start, int(task.hi_rows[k]) - start
+        args = (item_id[lo:hi], ts[lo:hi], label[lo:hi], {name: v[lo:hi] for name, v in cross.items()})
         if old is None:
             if hi > lo:
                 per_user.append(comp.compress(user, *args))
@@ -115,12 +163,16 @@ def process_part(comp: UserCompressor, task: PartTask) -> PartResult:
         if hi == lo and a == b:
             continue
         old_user = {name: values[a:b] for name, values in old.items()}
-        groups = task.new_groups[lo:hi] if task.new_groups is not None else None
+        groups = None
+        if task.quantile_groups is not None:
+            groups = _quantile_groups(cross["completion_ratio"], int(task.offsets[k]) - start, lo, hi,
+                                      task.quantile_groups)
         per_user.append(comp.update(user, old_user, *args, new_groups=groups))
     columns = concat_columns(per_user, schema, dim)
     write_part(task.out_file, columns, schema)
-    return PartResult(task.index, task.user_end - task.user_start, int(columns["cluster_size"].sum()),
-                      len(columns["cluster_size"]))
+    del rows, item_id, ts, label, cross, per_user
+    _release_memory()
+    return PartResult(task.index, n, int(columns["cluster_size"].sum()), len(columns["cluster_size"]))
 
 
 _WORKER: UserCompressor | None = None
@@ -283,19 +335,24 @@ def _store_embeddings(out: Path, table: ItemEmbeddingTable) -> None:
 
 
 def _finish(out: Path, params: dict[str, Any], num_users: int, users_per_part: int) -> tuple[int, int]:
-    """Write ``user_offsets.npy`` and ``manifest.json`` from the part files. Returns (clusters, behaviors)."""
-    partitions, user_ids, behaviors = [], [], 0
+    """Write ``user_offsets.npy`` and ``manifest.json`` from the part files, reading one part at a time.
+    Returns (clusters, behaviors)."""
+    partitions, counts, behaviors, clusters, last = [], np.zeros(num_users, np.int64), 0, 0, -1
     for p in range(-(-num_users // users_per_part)):
         t = pq.read_table(out / part_name(p), columns=["user_id", "cluster_size"])
         users = t.column("user_id").to_numpy()
-        user_ids.append(users)
         behaviors += int(t.column("cluster_size").to_numpy().sum())
+        clusters += t.num_rows
         partitions.append({"file": part_name(p), "user_start": p * users_per_part,
                            "user_end": min((p + 1) * users_per_part, num_users), "rows": t.num_rows})
-    all_users = np.concatenate(user_ids) if user_ids else np.zeros(0, np.int64)
-    if len(all_users) and (np.diff(all_users) < 0).any():
-        raise CompressionError(f"{out}: part files are not in user order; delete the folder and rerun")
-    offsets = np.concatenate([[0], np.cumsum(np.bincount(all_users, minlength=num_users))]).astype(np.int64)
+        if not len(users):
+            continue
+        if users[0] < last or (np.diff(users) < 0).any() or users[0] < 0 or users[-1] >= num_users:
+            raise CompressionError(f"{out}: part files are not in user order; delete the folder and rerun")
+        per_user = np.bincount(users - users[0])
+        counts[users[0]:users[0] + len(per_user)] += per_user
+        last = int(users[-1])
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     save_npy_atomic(out / OFFSETS_FILE, offsets)
     manifest = {
         "kind": KIND, "format_version": FORMAT_VERSION,
@@ -305,49 +362,40 @@ def _finish(out: Path, params: dict[str, Any], num_users: int, users_per_part: i
         "mean_features": params["mean_features"], "member_share_features": params["member_share_features"],
         "users_per_part": users_per_part,
         "num_users": num_users, "users_with_clusters": int((np.diff(offsets) > 0).sum()),
-        "num_clusters": len(all_users), "num_behaviors": behaviors,
+        "num_clusters": clusters, "num_behaviors": behaviors,
         "incremental_from": params.get("base"), "partitions": partitions, "job": params,
     }
     write_json_atomic(out / MANIFEST_FILE, manifest)
-    return len(all_users), behaviors
+    return clusters, behaviors
 
 
-def _part_tasks(ds: Dataset, lo_rows: np.ndarray, hi_rows: np.ndarray, parts: list[int], users_per_part: int,
-                out: Path, base: Path | None = None, group_cuts: Callable[[int], np.ndarray] | None = None
+def _part_tasks(ds: Dataset, events: EventFile, lo_rows: np.ndarray, hi_rows: np.ndarray, parts: list[int],
+                users_per_part: int, out: Path, base: Path | None = None, quantile_groups: int | None = None
                 ) -> Iterator[PartTask]:
-    """Tasks for ``parts``; user ``u`` contributes rows ``lo_rows[u]:hi_rows[u]`` (built lazily)."""
-    h = ds.histories
-    num_users = h.num_users
-    cross_names = list(h.cross)
+    """Descriptors of ``parts``; user ``u`` contributes rows ``lo_rows[u]:hi_rows[u]``."""
+    offsets = ds.histories.offsets
+    num_users = len(offsets) - 1
     for p in parts:
         u0, u1 = p * users_per_part, min((p + 1) * users_per_part, num_users)
-        rows = np.concatenate([np.arange(lo_rows[u], hi_rows[u]) for u in range(u0, u1)]).astype(np.int64)
-        lengths = hi_rows[u0:u1] - lo_rows[u0:u1]
-        groups = None
-        if group_cuts is not None:
-            groups = np.concatenate([np.zeros(0, np.int8)] + [group_cuts(u) for u in range(u0, u1)])
         yield PartTask(
-            index=p, user_start=u0, user_end=u1,
-            offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-            item_id=h.item_id[rows], ts=h.ts[rows], label=h.label[rows],
-            cross={n: h.cross[n][rows] for n in cross_names},
-            out_file=str(out / part_name(p)),
+            index=p, user_start=u0, user_end=u1, events=events, offsets=offsets[u0:u1 + 1].copy(),
+            lo_rows=lo_rows[u0:u1].copy(), hi_rows=hi_rows[u0:u1].copy(), out_file=str(out / part_name(p)),
             incremental=base is not None,
             base_file=str(base / part_name(p)) if base is not None and (base / part_name(p)).exists() else None,
-            new_groups=groups,
+            quantile_groups=quantile_groups,
         )
 
 
-def _run(ds: Dataset, out: Path, params: dict[str, Any], comp: UserCompressor, table: ItemEmbeddingTable,
-         lo_rows: np.ndarray, hi_rows: np.ndarray, *, backend: str, workers: int, overwrite: bool,
-         progress: bool, spark_master: str | None, base: Path | None,
-         group_cuts: Callable[[int], np.ndarray] | None,
-         after_part: Callable[[int], None] | None, start: float, timings: dict[str, float]) -> CompressSummary:
+def _run(ds: Dataset, events: EventFile, out: Path, params: dict[str, Any], comp: UserCompressor,
+         table: ItemEmbeddingTable, lo_rows: np.ndarray, hi_rows: np.ndarray, *, backend: str, workers: int,
+         overwrite: bool, progress: bool, spark_master: str | None, base: Path | None,
+         quantile_groups: int | None, after_part: Callable[[int], None] | None, start: float,
+         timings: dict[str, float]) -> CompressSummary:
     """Shared driver of full and incremental runs: prepare, process pending parts, finish.
 
     ``start`` is when the caller began (``time.perf_counter``); ``timings`` holds its phases so far.
     """
-    num_users, users_per_part = ds.histories.num_users, params["users_per_part"]
+    num_users, users_per_part = ds.manifest.num_users, params["users_per_part"]
     num_parts = -(-num_users // users_per_part)
     state = _prepare_out(out, params, overwrite)
     behaviors_in = int((hi_rows - lo_rows).sum())
@@ -379,7 +427,7 @@ def _run(ds: Dataset, out: Path, params: dict[str, Any], comp: UserCompressor, t
                 if after_part is not None:
                     after_part(done)
 
-            tasks = _part_tasks(ds, lo_rows, hi_rows, pending, users_per_part, out, base, group_cuts)
+            tasks = _part_tasks(ds, events, lo_rows, hi_rows, pending, users_per_part, out, base, quantile_groups)
             # A worker costs about a second to start: never start more than there are parts.
             _run_local(comp, tasks, max(1, min(workers, len(pending))), out / EMBEDDINGS_FILE, on_result)
     timings["cluster_s"] = time.perf_counter() - cluster_start
@@ -440,18 +488,22 @@ def compress_dataset(dataset: str | os.PathLike, out: str | os.PathLike, snapsho
     seed = _seed_int(seed)
     source = embeddings if isinstance(embeddings, EmbeddingSource) else EmbeddingSource.parse(embeddings)
     snapshot_ts = int(snapshot_ts)
-    ds = load_dataset(dataset)
+    ds, events = open_dataset_events(dataset)
     check_split_by(config.split_by, ds)
-    h = ds.histories
+    offsets = ds.histories.offsets
     mean_names = mean_feature_names(ds.manifest)
-    users = np.arange(h.num_users, dtype=np.int64)
-    lo_rows = h.offsets[:-1]
-    hi_rows = h.end_before(users, np.full(h.num_users, snapshot_ts, np.int64))
-    if (hi_rows - lo_rows).sum() == 0:
+    (before,), used = scan_events(ds, events, [snapshot_ts])
+    lo_rows = offsets[:-1]
+    hi_rows = lo_rows + before
+    if before.sum() == 0:
         raise CompressionError(f"{dataset}: no behavior before --snapshot-ts {snapshot_ts} (events span "
                                f"{ds.manifest.time_min}..{ds.manifest.time_max})")
+    _release_memory()
     timings = {"load_s": time.perf_counter() - start}
-    table = item_embedding_table(source, ds, before_ts=snapshot_ts, seed=seed, normalize=config.normalize)
+    table = item_embedding_table(source, ds, before_ts=snapshot_ts, seed=seed, normalize=config.normalize,
+                                 chunks=events.chunks_before(offsets, hi_rows, CHUNK_ROWS), used=used,
+                                 memory_bytes=COOCCURRENCE_MEMORY)
+    _release_memory()
     timings["embeddings_s"] = time.perf_counter() - start - timings["load_s"]
     params = {
         "kind": KIND, "format_version": FORMAT_VERSION, "mode": "full", "dataset": _dataset_params(ds),
@@ -460,21 +512,46 @@ def compress_dataset(dataset: str | os.PathLike, out: str | os.PathLike, snapsho
         "embeddings_sha256": table.sha256(), "mean_features": mean_names,
         "member_share_features": _categorical_names(ds), "base": None,
     }
-    comp = UserCompressor(table.table, _item_numerics(ds), list(h.cross), mean_feature_names(ds.manifest), config,
-                          snapshot_ts, seed).with_item_categoricals(ds.items, _categorical_names(ds))
-    return _run(ds, out, params, comp, table, lo_rows, hi_rows, backend=backend, workers=workers,
-                overwrite=overwrite, progress=progress, spark_master=spark_master, base=None, group_cuts=None,
-                after_part=_after_part, start=start, timings=timings)
+    comp = UserCompressor(table.table, _item_numerics(ds), events.cross, mean_names, config, snapshot_ts,
+                          seed).with_item_categoricals(ds.items, _categorical_names(ds))
+    return _run(ds, events, out, params, comp, table, lo_rows, hi_rows, backend=backend, workers=workers,
+                overwrite=overwrite, progress=progress, spark_master=spark_master, base=None,
+                quantile_groups=None, after_part=_after_part, start=start, timings=timings)
 
 
-def _check_base_covers(base: Path, ds: Dataset, lo_rows: np.ndarray) -> None:
+def _check_base_covers(base: Path, manifest: dict[str, Any], ds: Dataset, lo_rows: np.ndarray) -> None:
     """Every part of ``base`` is readable and its clusters hold exactly each user's behaviors before the base
-    snapshot in ``ds``: the schema fingerprint alone does not tell two datasets of one schema apart."""
-    comp = load_compressed(base)  # reads and checks every part file
-    h = ds.histories
-    n = len(comp.offsets) - 1
-    members = members_per_user(comp)  # [n]
-    before = lo_rows[:n] - h.offsets[:n]
+    snapshot in ``ds``: the schema fingerprint alone does not tell two datasets of one schema apart. Reads
+    one part at a time (the checks of :func:`twinv2.compress.store.load_compressed`)."""
+    n = int(manifest["num_users"])
+    wanted = list(BASE_COLUMNS) + [f"mean_{name}" for name in manifest["mean_features"]] + ["mean_sq_dist"]
+    clusters, members, rows = np.zeros(n, np.int64), np.zeros(n, np.int64), 0
+    for part in manifest["partitions"]:
+        file = base / part["file"]
+        try:
+            t = pq.read_table(file, columns=wanted)
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise DataValidationError(str(file), None, f"a part file with columns {wanted}",
+                                      str(exc).splitlines()[0]) from exc
+        users = t.column("user_id").to_numpy()
+        sizes = t.column("cluster_size").to_numpy()
+        rows += t.num_rows
+        if not len(users):
+            continue
+        if users.min() < 0 or users.max() >= n:
+            raise DataValidationError(str(file), "user_id", f"user ids below {n}", str(users.max()))
+        first = int(users.min())  # a part holds a narrow range of users
+        per_user = np.bincount(users - first)
+        clusters[first:first + len(per_user)] += per_user
+        np.add.at(members, users, sizes)
+    offsets_file = base / OFFSETS_FILE
+    offsets = load_npy(offsets_file) if offsets_file.exists() else None
+    if offsets is None or offsets.dtype.kind not in "iu" or offsets.shape != (n + 1,) or offsets[-1] != rows:
+        raise DataValidationError(str(offsets_file), None, f"int64 CSR offsets of length {n + 1} ending at {rows}")
+    if not np.array_equal(np.diff(offsets), clusters):
+        raise DataValidationError(str(offsets_file), "user_id", "offsets matching the parts' user ids")
+    offsets = ds.histories.offsets
+    before = lo_rows[:n] - offsets[:n]
     bad = np.flatnonzero(members != before)
     if bad.size:
         u = int(bad[0])
@@ -510,15 +587,15 @@ def compress_incremental(base: str | os.PathLike, dataset: str | os.PathLike, ou
     if out.resolve() == base.resolve():
         raise CompressionError(f"--out {out} is the --base folder: incremental runs write a new folder")
     base_manifest = read_compressed_manifest(base)
-    ds = load_dataset(dataset)
+    ds, events = open_dataset_events(dataset)
     if base_manifest["dataset_fingerprint"] != ds.manifest.fingerprint():
         raise CompressionError(f"{base}: compressed from a dataset with fingerprint "
                                f"{base_manifest['dataset_fingerprint']}, {dataset} has {ds.manifest.fingerprint()}")
     old_snapshot, snapshot_ts = int(base_manifest["snapshot_ts"]), int(snapshot_ts)
     if snapshot_ts <= old_snapshot:
         raise CompressionError(f"--snapshot-ts {snapshot_ts} must be after the base snapshot {old_snapshot}")
-    if ds.histories.num_users < base_manifest["num_users"]:
-        raise CompressionError(f"{dataset} has {ds.histories.num_users} users, fewer than the "
+    if ds.manifest.num_users < base_manifest["num_users"]:
+        raise CompressionError(f"{dataset} has {ds.manifest.num_users} users, fewer than the "
                                f"{base_manifest['num_users']} of {base}")
     if mean_feature_names(ds.manifest) != base_manifest["mean_features"]:
         raise CompressionError(f"{base}: averaged features {base_manifest['mean_features']} differ from the "
@@ -534,11 +611,10 @@ def compress_incremental(base: str | os.PathLike, dataset: str | os.PathLike, ou
         raise EmbeddingError(f"{base / EMBEDDINGS_FILE}: dimension mismatch: shape {table_array.shape}, expected "
                              f"({ds.manifest.num_items + 1}, {base_manifest['embedding_dim']})")
     table = ItemEmbeddingTable(table_array, dict(base_manifest["embeddings"], inherited_from=str(base.resolve())))
-    h = ds.histories
-    users = np.arange(h.num_users, dtype=np.int64)
-    lo_rows = h.end_before(users, np.full(h.num_users, old_snapshot, np.int64))
-    hi_rows = h.end_before(users, np.full(h.num_users, snapshot_ts, np.int64))
-    _check_base_covers(base, ds, lo_rows)
+    offsets = ds.histories.offsets
+    (before_old, before_new), _ = scan_events(ds, events, [old_snapshot, snapshot_ts])
+    lo_rows, hi_rows = offsets[:-1] + before_old, offsets[:-1] + before_new
+    _check_base_covers(base, base_manifest, ds, lo_rows)
     users_per_part = int(base_manifest["users_per_part"])
     seed = int(base_manifest["seed"])
     params = {
@@ -550,25 +626,12 @@ def compress_incremental(base: str | os.PathLike, dataset: str | os.PathLike, ou
         "base": {"path": str(base.resolve()), "snapshot_ts": old_snapshot,
                  "num_clusters": base_manifest["num_clusters"], "job": base_manifest.get("job")},
     }
-    group_cuts = None
-    if config.group_bins == "quantile":
-        M = config.num_groups
-        completion = h.cross["completion_ratio"]
-
-        def group_cuts(u: int) -> np.ndarray:
-            # Quantile bins use the cuts of the user's clustered history (before the base snapshot).
-            old = completion[h.offsets[u]:lo_rows[u]]
-            new = np.clip(completion[lo_rows[u]:hi_rows[u]].astype(np.float64), 0.0, 1.0)
-            ref = np.clip(old.astype(np.float64), 0.0, 1.0) if len(old) else new
-            if len(ref) == 0:
-                return np.zeros(0, np.int8)
-            cuts = np.quantile(ref, np.arange(1, M) / M)
-            return np.searchsorted(cuts, new, side="left").astype(np.int8)
-
-    comp = UserCompressor(table.table, _item_numerics(ds), list(h.cross), mean_feature_names(ds.manifest), config,
+    # Quantile bins: a new behavior's group uses the cuts of the user's history before the base snapshot.
+    quantile_groups = config.num_groups if config.group_bins == "quantile" else None
+    comp = UserCompressor(table.table, _item_numerics(ds), events.cross, mean_feature_names(ds.manifest), config,
                           snapshot_ts, seed).with_item_categoricals(ds.items, _categorical_names(ds))
-    return _run(ds, out, params, comp, table, lo_rows, hi_rows, backend="local", workers=workers,
+    return _run(ds, events, out, params, comp, table, lo_rows, hi_rows, backend="local", workers=workers,
                 overwrite=overwrite, progress=progress, spark_master=None, base=base,
-                group_cuts=group_cuts, after_part=_after_part, start=start,
+                quantile_groups=quantile_groups, after_part=_after_part, start=start,
                 timings={"load_s": time.perf_counter() - start})
 

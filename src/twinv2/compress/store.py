@@ -17,11 +17,18 @@ then, for every inherent categorical ``<name>`` listed in the manifest's ``membe
 ``majority_share_<name>`` and ``rep_share_<name>`` (float32: the share of the members holding the
 cluster's most frequent value, and the share holding the representative's value; NaN where an incremental
 update could not know it). Folders written before those columns existed have no such list.
+
+The last section reads a *dataset's* events in bounded memory for the job (:class:`EventFile`: row ranges
+from ``events.parquet``, a row group at a time; :func:`open_dataset_events`: the manifest, items and user
+offsets without the events; :func:`scan_events`: one validating pass), so that neither the job nor the
+co-occurrence embeddings ever hold the whole log.
 """
 
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,18 +39,25 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from twinv2._io import atomic_file, load_npy, read_json_object
-from twinv2.data.schema import Manifest
+from twinv2.data.schema import MANIFEST_NAME, Manifest, validate_table
+from twinv2.data.store import EVENTS_FILE, ITEMS_FILE, Dataset, Histories, _check_items, _read_parquet
+from twinv2.data.store import OFFSETS_FILE as DATA_OFFSETS_FILE
 from twinv2.errors import CompressionError, DataValidationError
 
 __all__ = [
     "FORMAT_VERSION",
     "KIND",
     "CompressedLifeCycles",
+    "EventChunks",
+    "EventFile",
     "load_compressed",
     "load_member_shares",
     "mean_feature_names",
     "members_per_user",
+    "open_dataset_events",
+    "open_event_chunks",
     "read_compressed_manifest",
+    "scan_events",
     "share_columns",
     "virtual_item_schema",
 ]
@@ -343,3 +357,230 @@ def check_compressed_output(path: str | os.PathLike) -> None:
     if path.is_dir() and any(path.iterdir()) and not ((path / JOB_FILE).exists() or (path / MANIFEST_FILE).exists()):
         raise CompressionError(f"{path}: the folder exists and is not a compressed life-cycle folder; "
                                "choose another --out")
+
+
+# ---- the dataset's events, read part by part (the local job, the co-occurrence embeddings) ------------
+
+DEFAULT_CHUNK_ROWS = 1 << 21
+"""Behaviors per chunk when the events are streamed for the co-occurrence embeddings (never splitting a user)."""
+
+EventChunks = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
+"""A pass factory: each call returns a new pass over the behaviors to learn from (those before the
+snapshot), as ``(item_id, user)`` int64 ``[n]`` chunks in ``(user, ts)`` order that never split a user."""
+
+
+def user_ranges(offsets: np.ndarray, rows: int) -> Iterator[tuple[int, int]]:
+    """Consecutive user ranges ``[u0, u1)`` of about ``rows`` behaviors each (a longer user alone)."""
+    num_users = len(offsets) - 1
+    u0 = 0
+    while u0 < num_users:
+        u1 = int(np.searchsorted(offsets, offsets[u0] + rows, side="right")) - 1
+        u1 = min(max(u1, u0 + 1), num_users)
+        yield u0, u1
+        u0 = u1
+
+
+_GROUP_CACHE: OrderedDict[tuple[Any, ...], dict[str, np.ndarray]] = OrderedDict()  # per process
+_GROUP_CACHE_SIZE = 2  # row groups: consecutive parts and chunks mostly share one
+_EVENT_DTYPES = {"item_id": np.int64, "ts": np.int64, "label": np.int8}  # else float32 (cross numerics)
+
+
+def _file_identity(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _parquet_error(path: Path, exc: Exception) -> DataValidationError:
+    return DataValidationError(str(path), None, "a readable Parquet file", str(exc).splitlines()[0])
+
+
+@dataclass
+class EventFile:
+    """A dataset's ``events.parquet``, read by row ranges one row group at a time (picklable and small: what
+    a part task carries instead of behaviors). Columns come with the dtypes of
+    :func:`twinv2.data.store.load_dataset`: ``item_id``, ``ts`` int64, ``label`` int8, cross numerics float32.
+
+    Attributes:
+        path: the file; identity: (inode, size, mtime) when opened, checked at every read.
+        starts: int64 ``[G + 1]``: first row of each row group, then the number of rows.
+        cross: the cross numerics, in manifest order.
+    """
+
+    path: str
+    identity: tuple[int, int, int]
+    starts: np.ndarray
+    cross: list[str]
+
+    @classmethod
+    def open(cls, path: Path, manifest: Manifest) -> EventFile:
+        """Check the file's columns against the manifest and index its row groups (reads only the footer)."""
+        if not path.exists():
+            raise DataValidationError(str(path), None, "an existing file", "no such file")
+        try:
+            meta = pq.ParquetFile(path).metadata
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise _parquet_error(path, exc) from exc
+        columns = [c for c in manifest.event_columns if c.role != "raw_id"]
+        validate_table(meta.schema.to_arrow_schema().empty_table(), columns, str(path), check_values=False)
+        sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+        return cls(str(path), _file_identity(path), np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+                   [c.name for c in manifest.cross_numerics])
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.starts[-1])
+
+    @property
+    def columns(self) -> list[str]:
+        """What a part reads: ``item_id``, ``ts``, ``label`` and the cross numerics."""
+        return ["item_id", "ts", "label", *self.cross]
+
+    def _file(self) -> pq.ParquetFile:
+        path = Path(self.path)
+        if not path.exists() or _file_identity(path) != self.identity:
+            raise CompressionError(f"{path}: the dataset changed while the job was reading it; rerun the command")
+        try:
+            return pq.ParquetFile(path)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise _parquet_error(path, exc) from exc
+
+    def row_groups(self, columns: list[str]) -> Iterator[pa.Table]:
+        """Every row group in order, as an Arrow table of ``columns`` (one in memory at a time)."""
+        f = self._file()
+        for g in range(len(self.starts) - 1):
+            try:
+                yield f.read_row_group(g, columns=columns)
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise _parquet_error(Path(self.path), exc) from exc
+
+    def _group(self, g: int, columns: tuple[str, ...]) -> dict[str, np.ndarray]:
+        key = (self.path, self.identity, g, columns)
+        if key in _GROUP_CACHE:
+            _GROUP_CACHE.move_to_end(key)
+            return _GROUP_CACHE[key]
+        try:
+            table = self._file().read_row_group(g, columns=list(columns))
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise _parquet_error(Path(self.path), exc) from exc
+        arrays = {c: table.column(c).to_numpy().astype(_EVENT_DTYPES.get(c, np.float32), copy=False)
+                  for c in columns}
+        _GROUP_CACHE[key] = arrays
+        while len(_GROUP_CACHE) > _GROUP_CACHE_SIZE:
+            _GROUP_CACHE.popitem(last=False)
+        return arrays
+
+    def read(self, lo: int, hi: int, columns: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Rows ``[lo, hi)`` of ``columns`` (default :attr:`columns`); memory: the row groups they span."""
+        names = tuple(columns or self.columns)
+        pieces: dict[str, list[np.ndarray]] = {c: [] for c in names}
+        g = max(int(np.searchsorted(self.starts, lo, side="right")) - 1, 0)
+        while g < len(self.starts) - 1 and self.starts[g] < hi:
+            a, b = max(lo, self.starts[g]) - self.starts[g], min(hi, self.starts[g + 1]) - self.starts[g]
+            if b > a:
+                group = self._group(g, names)
+                for c in names:
+                    pieces[c].append(group[c][a:b])
+            g += 1
+        return {c: (v[0] if len(v) == 1 else np.concatenate(v) if v else
+                    np.zeros(0, _EVENT_DTYPES.get(c, np.float32))) for c, v in pieces.items()}
+
+    def chunks_before(self, offsets: np.ndarray, end_rows: np.ndarray, rows: int = DEFAULT_CHUNK_ROWS
+                      ) -> EventChunks:
+        """:data:`EventChunks` of user ``u``'s rows ``offsets[u]:end_rows[u]``, about ``rows`` rows at a time;
+        reads ``item_id`` only."""
+
+        def one_pass() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            for u0, u1 in user_ranges(offsets, rows):
+                lo, hi = int(offsets[u0]), int(offsets[u1])
+                lengths = np.diff(offsets[u0:u1 + 1])
+                keep = np.arange(lo, hi) < np.repeat(end_rows[u0:u1], lengths)
+                items = self.read(lo, hi, ["item_id"])["item_id"][keep]
+                yield items, np.repeat(np.arange(u0, u1, dtype=np.int64), lengths)[keep]
+
+        return one_pass
+
+
+def open_dataset_events(path: str | os.PathLike) -> tuple[Dataset, EventFile]:
+    """The dataset's manifest, items and user offsets, validated as :func:`twinv2.data.store.load_dataset`
+    does, without its events: ``histories`` holds the offsets only (its per-behavior arrays are None, so a
+    whole-log read fails loudly), and the events are read through the returned :class:`EventFile`
+    (validated by :func:`scan_events`)."""
+    path = Path(path)
+    manifest = Manifest.load(path / MANIFEST_NAME)
+    items_t = _read_parquet(path / ITEMS_FILE)
+    num_items = _check_items(items_t, list(manifest.item_columns), str(path / ITEMS_FILE))
+    if num_items != manifest.num_items:
+        raise DataValidationError(str(path / ITEMS_FILE), "item_id", f"{manifest.num_items} items (manifest)",
+                                  str(num_items))
+    order = np.argsort(items_t.column("item_id").to_numpy(), kind="stable")
+    items: dict[str, np.ndarray] = {}
+    for c in manifest.item_columns:
+        if c.role != "raw_id":
+            col = items_t.column(c.name).to_numpy()[order]
+            items[c.name] = np.concatenate([np.zeros(1, col.dtype), col])
+    del items_t
+    events = EventFile.open(path / EVENTS_FILE, manifest)
+    offsets = load_npy(path / DATA_OFFSETS_FILE)
+    if (offsets.dtype.kind not in "iu" or offsets.ndim != 1 or len(offsets) != manifest.num_users + 1
+            or offsets[0] != 0 or offsets[-1] != events.num_rows):
+        raise DataValidationError(str(path / DATA_OFFSETS_FILE), None,
+                                  f"CSR offsets of length {manifest.num_users + 1} ending at {events.num_rows}")
+    histories = Histories(offsets=offsets.astype(np.int64), item_id=None, ts=None, label=None,  # type: ignore[arg-type]
+                          cross=None, time_min=manifest.time_min)  # type: ignore[arg-type]
+    return Dataset(path=path, manifest=manifest, items=items, histories=histories), events
+
+
+def open_event_chunks(path: str | os.PathLike, before_ts: int | None) -> tuple[Dataset, EventChunks]:
+    """A dataset without its events (:func:`open_dataset_events`), its events validated in one streamed pass,
+    and :data:`EventChunks` over each user's behaviors strictly before ``before_ts`` (all when None)."""
+    ds, events = open_dataset_events(Path(path))
+    offsets = ds.histories.offsets
+    before, _ = scan_events(ds, events, [] if before_ts is None else [int(before_ts)])
+    end_rows = offsets[1:] if before_ts is None else offsets[:-1] + before[0]
+    return ds, events.chunks_before(offsets, end_rows)
+
+
+def scan_events(ds: Dataset, events: EventFile, snapshots: list[int]) -> tuple[list[np.ndarray], np.ndarray]:
+    """One pass over the events, a row group at a time: the value checks of
+    :func:`twinv2.data.store.load_dataset` and the ``(user_id, ts)`` order of the dataset writer, and, per
+    snapshot, each user's number of behaviors strictly before it (int64 ``[U]``: its first ones).
+
+    Returns those counts and the items that occur in the events, bool ``[num_items + 1]``.
+    """
+    m, offsets = ds.manifest, ds.histories.offsets
+    columns = [c for c in m.event_columns if c.role != "raw_id"]
+    num_users = m.num_users
+    counts = np.zeros(num_users, np.int64)
+    before = [np.zeros(num_users, np.int64) for _ in snapshots]
+    used = np.zeros(m.num_items + 1, bool)
+    unknown_user, last_user, last_ts, row = False, -1, np.iinfo(np.int64).min, 0
+    for table in events.row_groups([c.name for c in columns]):
+        validate_table(table, columns, events.path)
+        if table.num_rows == 0:
+            continue
+        user = table.column("user_id").to_numpy()
+        item = table.column("item_id").to_numpy()
+        ts = table.column("ts").to_numpy()
+        # The CSR rows and "a user's behaviors before S are its first ones" need (user_id, ts) order.
+        prev_user = np.concatenate([[last_user], user[:-1]])
+        prev_ts = np.concatenate([[last_ts], ts[:-1]])
+        disorder = (user < prev_user) | ((user == prev_user) & (ts < prev_ts))
+        if disorder.any():
+            raise DataValidationError(events.path, "user_id/ts", "events sorted by (user_id, ts)",
+                                      f"out of order at row {row + int(np.argmax(disorder))}")
+        last_user, last_ts, row = int(user[-1]), int(ts[-1]), row + len(user)
+        first = int(user.min())  # the users of a row group are a narrow range: count within it
+        per_user = np.bincount(user - first)
+        if first + len(per_user) > num_users:
+            unknown_user = True  # a user id past the offsets: reported below
+            break
+        counts[first:first + len(per_user)] += per_user
+        if item.max() > m.num_items:
+            raise DataValidationError(events.path, "item_id", f"ids present in items.parquet (<= {m.num_items})",
+                                      f"{item.max()}")
+        used[item] = True
+        for snapshot, b in zip(snapshots, before, strict=True):
+            b[first:first + len(per_user)] += np.bincount(user[ts < snapshot] - first, minlength=len(per_user))
+    if unknown_user or not np.array_equal(np.diff(offsets), counts):
+        raise DataValidationError(str(ds.path / DATA_OFFSETS_FILE), "user_id", "offsets matching the sorted events")
+    return before, used
