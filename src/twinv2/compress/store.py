@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 
 from twinv2._io import atomic_file, load_npy, read_json_object
 from twinv2.data.schema import MANIFEST_NAME, Manifest, validate_table
-from twinv2.data.store import EVENTS_FILE, ITEMS_FILE, Dataset, Histories, _check_items, _read_parquet
+from twinv2.data.store import EVENTS_FILE, Dataset, Histories, load_items
 from twinv2.data.store import OFFSETS_FILE as DATA_OFFSETS_FILE
 from twinv2.errors import CompressionError, DataValidationError
 
@@ -507,18 +507,7 @@ def open_dataset_events(path: str | os.PathLike) -> tuple[Dataset, EventFile]:
     (validated by :func:`scan_events`)."""
     path = Path(path)
     manifest = Manifest.load(path / MANIFEST_NAME)
-    items_t = _read_parquet(path / ITEMS_FILE)
-    num_items = _check_items(items_t, list(manifest.item_columns), str(path / ITEMS_FILE))
-    if num_items != manifest.num_items:
-        raise DataValidationError(str(path / ITEMS_FILE), "item_id", f"{manifest.num_items} items (manifest)",
-                                  str(num_items))
-    order = np.argsort(items_t.column("item_id").to_numpy(), kind="stable")
-    items: dict[str, np.ndarray] = {}
-    for c in manifest.item_columns:
-        if c.role != "raw_id":
-            col = items_t.column(c.name).to_numpy()[order]
-            items[c.name] = np.concatenate([np.zeros(1, col.dtype), col])
-    del items_t
+    items = load_items(path, manifest)
     events = EventFile.open(path / EVENTS_FILE, manifest)
     offsets = load_npy(path / DATA_OFFSETS_FILE)
     if (offsets.dtype.kind not in "iu" or offsets.ndim != 1 or len(offsets) != manifest.num_users + 1

@@ -160,6 +160,24 @@ def check_out_dir(out: str | os.PathLike, overwrite: bool = True) -> Path:
     return out
 
 
+def load_items(path: str | os.PathLike, manifest: Manifest) -> dict[str, np.ndarray]:
+    """A dataset folder's item features, validated: ``items[name][i]`` is feature ``name`` of item ``i``
+    (arrays ``[num_items + 1]``, row 0 = padding zeros). Raises DataValidationError naming the file."""
+    path = Path(path)
+    items_t = _read_parquet(path / ITEMS_FILE)
+    num_items = _check_items(items_t, list(manifest.item_columns), str(path / ITEMS_FILE))
+    if num_items != manifest.num_items:
+        raise DataValidationError(str(path / ITEMS_FILE), "item_id", f"{manifest.num_items} items (manifest)",
+                                  str(num_items))
+    order = np.argsort(items_t.column("item_id").to_numpy(), kind="stable")
+    items: dict[str, np.ndarray] = {}
+    for c in manifest.item_columns:
+        if c.role != "raw_id":
+            col = items_t.column(c.name).to_numpy()[order]
+            items[c.name] = np.concatenate([np.zeros(1, col.dtype), col])
+    return items
+
+
 def load_dataset(path: str | os.PathLike, *, check_values: bool = True) -> Dataset:
     """Read a dataset folder, validating it against its manifest.
 
@@ -171,18 +189,8 @@ def load_dataset(path: str | os.PathLike, *, check_values: bool = True) -> Datas
     """
     path = Path(path)
     manifest = Manifest.load(path / MANIFEST_NAME)
-    items_t = _read_parquet(path / ITEMS_FILE)
-    num_items = _check_items(items_t, [c for c in manifest.item_columns], str(path / ITEMS_FILE))
-    if num_items != manifest.num_items:
-        raise DataValidationError(str(path / ITEMS_FILE), "item_id", f"{manifest.num_items} items (manifest)",
-                                  str(num_items))
-    order = np.argsort(items_t.column("item_id").to_numpy(), kind="stable")
-    items: dict[str, np.ndarray] = {}
-    for c in manifest.item_columns:
-        if c.role == "raw_id":
-            continue
-        col = items_t.column(c.name).to_numpy()[order]
-        items[c.name] = np.concatenate([np.zeros(1, col.dtype), col])
+    items = load_items(path, manifest)
+    num_items = manifest.num_items
 
     event_cols = [c for c in manifest.event_columns if c.role != "raw_id"]
     events_file = str(path / EVENTS_FILE)

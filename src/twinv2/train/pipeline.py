@@ -44,7 +44,7 @@ class LocalBatch(NamedTuple):
         batch: this rank's samples of the global batch (``[b]`` rows).
         global_size: samples in the global batch (over all ranks): the loss is averaged over them.
         stand_in: True when the global batch had no sample left for this rank and ``batch`` is a
-            placeholder row whose loss weighs 0.
+            stand-in row whose loss weighs 0.
     """
 
     batch: Batch
